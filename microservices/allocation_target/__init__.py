@@ -1,0 +1,1 @@
+"""Step 1: the shadow allocation proposer (SPEC §2)."""

@@ -1,0 +1,46 @@
+"""``python -m microservices.allocation_target``: the shadow allocation proposer daemon."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from prometheus_client import CollectorRegistry
+
+from microservices.allocation_target.metrics import ProposerMetrics
+from microservices.allocation_target.proposer import Proposer
+from microservices.allocation_target.settings import ProposerSettings
+from microservices.core.daemon import DaemonArgs, Service, run_daemon
+from microservices.core.http_server import HealthState
+from microservices.core.redis_client import connect
+
+PROG = "allocation-target"
+
+
+def build(settings: ProposerSettings, _args: DaemonArgs) -> Service:
+    client = connect(settings, client_name=PROG)
+    metrics = ProposerMetrics(CollectorRegistry(), settings.metrics_max_symbols)
+    proposer = Proposer(client, settings, metrics)
+    return Service(
+        step=proposer.run_loop,
+        ping=client.ping,
+        interval_sec=settings.loop_interval_sec,
+        health=HealthState(PROG, settings.health_max_age_sec),
+        registry=metrics.registry,
+        on_redis_error=lambda _exc: metrics.redis_errors.inc(),
+        close=client.close,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_daemon(
+        prog=PROG,
+        description="P3.1 Step 1: propose, in shadow, an efficiency-scaled allocation target for every symbol.",
+        settings_class=ProposerSettings,
+        build=build,
+        argv=argv,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

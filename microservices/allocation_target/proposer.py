@@ -1,0 +1,208 @@
+"""The proposer loop (SPEC §2): discover symbols, read in pipelined batches, decide, write in transactions.
+
+Redis round trips per loop: one per ``SCAN`` page, then two per batch of :data:`BATCH_SIZE` symbols (one pipelined
+read, one ``MULTI``/``EXEC`` of writes), so they grow with N / batch size, never with N.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import cast
+
+from redis.typing import EncodableT
+
+from microservices.allocation_target.metrics import ProposerMetrics
+from microservices.allocation_target.proposal import (
+    LIVE_TARGET_PREFIX,
+    PROPOSED_PREFIX,
+    TARGET_FIELD,
+    Proposal,
+    Skip,
+    SkipReason,
+    decide,
+    encode,
+    symbol_from_live_key,
+)
+from microservices.allocation_target.settings import ProposerSettings
+from microservices.core.efficiency import (
+    EFFICIENCY_FIELDS,
+    EFFICIENCY_KEY_PREFIX,
+    EfficiencyReading,
+    EffReason,
+    classify_efficiency,
+    fields_from_hmget,
+)
+from microservices.core.logs import LogThrottle
+from microservices.core.redis_client import RedisClient
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 1000
+SCAN_COUNT = 1000
+_LIVE = LIVE_TARGET_PREFIX.encode()
+_PROPOSED = PROPOSED_PREFIX.encode()
+_EFFICIENCY = EFFICIENCY_KEY_PREFIX.encode()
+#: Reasons worth a (throttled) warning: the input or the read is broken, not merely old or unsure.
+_WARN_REASONS = {EffReason.INVALID, EffReason.REDIS_ERROR}
+
+
+@dataclass
+class LoopSummary:
+    symbols: int = 0
+    proposed: Counter[str] = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)
+    interrupted: bool = False
+
+
+def _batches(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class Proposer:
+    """Runs proposer loops against one Redis client; all decisions are delegated to :func:`decide`."""
+
+    def __init__(
+        self,
+        client: RedisClient,
+        settings: ProposerSettings,
+        metrics: ProposerMetrics,
+        clock: Callable[[], float] = time.time,
+        batch_size: int = BATCH_SIZE,
+    ) -> None:
+        self._client = client
+        self._settings = settings
+        self._metrics = metrics
+        self._clock = clock
+        self._batch_size = batch_size
+        self._policy = settings.efficiency_policy
+        self._params = settings.multiplier_params
+        self._transactional = not settings.redis_cluster
+        self._throttle = LogThrottle(60.0)
+
+    def discover(self) -> list[str]:
+        """Every symbol with a live target hash, sorted; ``SCAN``, never ``KEYS``."""
+        found: set[str] = set()
+        for key in self._client.scan_iter(match=_LIVE + b"*", count=SCAN_COUNT):
+            symbol = symbol_from_live_key(key)
+            if symbol is not None:
+                found.add(symbol)
+        return sorted(found)
+
+    def read_and_decide(self, symbols: Sequence[str], now: float) -> list[Proposal | Skip]:
+        """One pipelined round trip for the batch's live targets and efficiency hashes, then the pure decisions."""
+        pipe = self._client.pipeline(transaction=False)
+        for symbol in symbols:
+            raw = encode(symbol)
+            pipe.hget(_LIVE + raw, TARGET_FIELD)
+            pipe.exists(_EFFICIENCY + raw)
+            pipe.hmget(_EFFICIENCY + raw, EFFICIENCY_FIELDS)
+        replies = pipe.execute(raise_on_error=False)
+        decisions: list[Proposal | Skip] = []
+        for i, symbol in enumerate(symbols):
+            target, exists, values = replies[3 * i : 3 * i + 3]
+            if isinstance(target, Exception):
+                self._metrics.redis_errors.inc()
+                decisions.append(Skip(symbol, SkipReason.REDIS_ERROR, f"reading {TARGET_FIELD} failed: {target}"))
+                continue
+            if isinstance(exists, Exception) or isinstance(values, Exception):
+                self._metrics.redis_errors.inc()
+                error = exists if isinstance(exists, Exception) else values
+                reading = EfficiencyReading.redis_error(f"reading the efficiency hash failed: {error}")
+            else:
+                reading = classify_efficiency(fields_from_hmget(exists, values), now, self._policy)
+            decisions.append(decide(symbol, target, reading, self._params, now))
+        return decisions
+
+    def write(self, proposals: Sequence[Proposal]) -> None:
+        """Each shadow hash with its ``EXPIRE``, and the stream entries: one ``MULTI``/``EXEC`` for the batch.
+
+        Under Redis Cluster the keys live in different slots and cannot share a transaction; the hash and its
+        ``EXPIRE`` are then sent back to back in one pipeline.
+        """
+        if not proposals:
+            return
+        settings = self._settings
+        pipe = self._client.pipeline(transaction=self._transactional)
+        for proposal in proposals:
+            raw = encode(proposal.symbol)
+            entry = cast(dict[EncodableT, EncodableT], proposal.stream_fields())
+            entry["symbol"] = raw
+            key = _PROPOSED + raw
+            pipe.hset(key, mapping={**entry, "last_update_ts_epoch": entry["ts_epoch"]})
+            pipe.expire(key, settings.key_ttl_sec)
+            pipe.xadd(settings.stream_name, entry, maxlen=settings.stream_maxlen, approximate=True)
+        pipe.execute()
+
+    def run_loop(self, stop: threading.Event) -> LoopSummary:
+        """One loop over every symbol; returns early, after the batch in hand, when ``stop`` is set."""
+        started = time.perf_counter()
+        summary = LoopSummary()
+        symbols = self.discover()
+        summary.symbols = len(symbols)
+        self._metrics.symbols.set(len(symbols))
+        exported = set(symbols[: self._settings.metrics_max_symbols])
+        series: dict[str, tuple[float | None, ...]] = {}
+        for batch in _batches(symbols, self._batch_size):
+            if stop.is_set():
+                summary.interrupted = True
+                break
+            decisions = self.read_and_decide(batch, self._clock())
+            proposals = [d for d in decisions if isinstance(d, Proposal)]
+            self.write(proposals)
+            for decision in decisions:
+                if isinstance(decision, Skip):
+                    self._account_skip(decision, summary)
+                else:
+                    self._account_proposal(decision, summary)
+                    if decision.symbol in exported:
+                        reading = decision.reading
+                        series[decision.symbol] = (decision.multiplier, reading.score, reading.confidence)
+        if not summary.interrupted:
+            self._metrics.per_symbol.publish(series)
+        elapsed = time.perf_counter() - started
+        self._metrics.loops.inc()
+        self._metrics.loop_duration.observe(elapsed)
+        self._metrics.last_success.set(time.time())
+        log.info(
+            "loop: %d symbols, proposed %s, skipped %s in %.1f ms%s",
+            summary.symbols,
+            dict(summary.proposed),
+            dict(summary.skipped),
+            elapsed * 1000,
+            " (interrupted by shutdown)" if summary.interrupted else "",
+        )
+        return summary
+
+    def _account_proposal(self, proposal: Proposal, summary: LoopSummary) -> None:
+        reason = proposal.reading.reason
+        summary.proposed[reason.value] += 1
+        self._metrics.proposed.labels(reason.value).inc()
+        if reason in _WARN_REASONS:
+            self._throttle.log(
+                log,
+                logging.WARNING,
+                reason.value,
+                "symbol %s: %s (%s); multiplier held at 1.0",
+                proposal.symbol,
+                reason.value,
+                proposal.reading.detail,
+            )
+
+    def _account_skip(self, skip: Skip, summary: LoopSummary) -> None:
+        summary.skipped[skip.reason.value] += 1
+        self._metrics.skipped.labels(skip.reason.value).inc()
+        self._throttle.log(
+            log,
+            logging.WARNING,
+            "skip:" + skip.reason.value,
+            "symbol %s: no proposal, %s (%s)",
+            skip.symbol,
+            skip.reason.value,
+            skip.detail,
+        )

@@ -1,0 +1,103 @@
+"""Start-up and shut-down of a daemon process: flags, logging, settings, the HTTP server and the loop runner."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from prometheus_client import CollectorRegistry, disable_created_metrics
+
+from microservices.core.http_server import HealthState, MetricsServer
+from microservices.core.logs import LOG_FORMATS, setup_logging
+from microservices.core.redis_client import reconnect_backoff
+from microservices.core.runner import LoopRunner, Step
+from microservices.core.settings import EX_CONFIG, CommonSettings, ConfigError, environment, load_settings
+
+log = logging.getLogger(__name__)
+
+S = TypeVar("S", bound=CommonSettings)
+
+#: The metrics port could not be bound, or another start-up failure that a restart may cure.
+EX_SOFTWARE = 70
+
+
+@dataclass(frozen=True)
+class DaemonArgs:
+    once: bool
+    env_file: str | None
+    log_level: str
+    log_format: str
+
+
+def parse_args(prog: str, description: str, argv: Sequence[str] | None) -> DaemonArgs:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--once", action="store_true", help="run one loop, then exit 0")
+    parser.add_argument("--env-file", metavar="PATH", help="read variables from PATH (the environment wins)")
+    parser.add_argument(
+        "--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+    )
+    parser.add_argument("--log-format", default="text", choices=LOG_FORMATS)
+    ns = parser.parse_args(argv)
+    return DaemonArgs(once=ns.once, env_file=ns.env_file, log_level=ns.log_level, log_format=ns.log_format)
+
+
+@dataclass
+class Service:
+    """What a daemon hands to the runner: its loop step, its health and metrics, and how to close it."""
+
+    step: Step
+    ping: Callable[[], object]
+    interval_sec: float
+    health: HealthState
+    registry: CollectorRegistry
+    on_redis_error: Callable[[Exception], None]
+    close: Callable[[], None] = field(default=lambda: None)
+
+
+def run_daemon(
+    *,
+    prog: str,
+    description: str,
+    settings_class: type[S],
+    build: Callable[[S, DaemonArgs], Service],
+    argv: Sequence[str] | None = None,
+) -> int:
+    """Run a daemon to completion and return its exit status (78 for bad configuration)."""
+    args = parse_args(prog, description, argv)
+    setup_logging(args.log_level, args.log_format)
+    try:
+        settings = load_settings(settings_class, environment(args.env_file))
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return EX_CONFIG
+    log.info("%s starting with %s", prog, settings.as_environment())
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
+    service = build(settings, args)
+    try:
+        server = MetricsServer(settings.metrics_addr, settings.metrics_port, service.registry, service.health).start()
+    except OSError as exc:
+        log.error("cannot serve metrics on %s:%d: %s", settings.metrics_addr, settings.metrics_port, exc)
+        service.close()
+        return EX_SOFTWARE
+    host, port = server.address
+    log.info("serving /metrics and /healthz on http://%s:%d", host, port)
+    runner = LoopRunner(
+        step=service.step,
+        ping=service.ping,
+        interval_sec=service.interval_sec,
+        health=service.health,
+        backoff=reconnect_backoff(settings),
+        on_redis_error=service.on_redis_error,
+        once=args.once,
+    )
+    runner.install_signal_handlers()
+    try:
+        status = runner.run()
+    finally:
+        server.close()
+        service.close()
+    log.info("%s stopped with exit status %d", prog, status)
+    return status

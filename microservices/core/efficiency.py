@@ -1,0 +1,170 @@
+"""Reading a symbol's capital-efficiency score (SPEC §1): one pure classification shared by both daemons.
+
+The upstream hash ``quantum:capital:efficiency:{symbol}`` is read with ``HMGET`` of :data:`EFFICIENCY_FIELDS` plus
+``EXISTS`` (never ``HGETALL``, so a hash with thousands of unrelated fields costs nothing extra). The caller turns that
+into :class:`EfficiencyFields` (or ``None`` for an absent key) and :func:`classify_efficiency` does the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from microservices.core.numbers import MAX_NUMBER_LENGTH, Raw, parse_float
+
+EFFICIENCY_KEY_PREFIX = "quantum:capital:efficiency:"
+SCORE_FIELD = "efficiency_score"
+CONFIDENCE_FIELD = "confidence"
+TS_FIELD = "ts"
+TIMESTAMP_FIELD = "timestamp"
+#: The only fields of the efficiency hash that are read; all others are ignored.
+EFFICIENCY_FIELDS: tuple[str, ...] = (SCORE_FIELD, CONFIDENCE_FIELD, TS_FIELD, TIMESTAMP_FIELD)
+
+#: An epoch value above this is taken as milliseconds.
+MILLISECONDS_ABOVE = 1e11
+
+#: Present fields of the hash, by name; a field the hash lacks is simply not in the mapping.
+EfficiencyFields = Mapping[str, bytes | str]
+
+
+class EffReason(StrEnum):
+    """Why a reading may or may not act, checked in the order listed (SPEC §1)."""
+
+    REDIS_ERROR = "redis_error"
+    MISSING = "missing_eff"
+    INVALID = "invalid_eff"
+    STALE = "stale_eff"
+    LOW_CONF = "low_conf"
+    OK = "ok"
+
+
+@dataclass(frozen=True)
+class EfficiencyPolicy:
+    """The thresholds a reading is judged by."""
+
+    min_conf: float
+    stale_sec: float
+    max_future_sec: float
+
+
+@dataclass(frozen=True)
+class EfficiencyReading:
+    """A classified reading. ``score`` and ``confidence`` are kept whenever they parsed as finite numbers, even when the
+    reading is not usable, so that outputs can show what upstream wrote; only ``reason == OK`` lets the score act."""
+
+    reason: EffReason
+    score: float | None = None
+    confidence: float | None = None
+    ts: float | None = None
+    age_sec: float | None = None
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is EffReason.OK
+
+    @property
+    def usable_score(self) -> float | None:
+        """The score when it may act, else None."""
+        return self.score if self.reason is EffReason.OK else None
+
+    @property
+    def stale_flag(self) -> str:
+        """The ``eff_stale`` field: ``"1"`` exactly when the reason is ``stale_eff``."""
+        return "1" if self.reason is EffReason.STALE else "0"
+
+    @classmethod
+    def redis_error(cls, detail: str) -> EfficiencyReading:
+        return cls(EffReason.REDIS_ERROR, detail=detail)
+
+
+def efficiency_key(symbol: str) -> str:
+    return EFFICIENCY_KEY_PREFIX + symbol
+
+
+def fields_from_hmget(exists: int | bool, values: list[bytes | None]) -> EfficiencyFields | None:
+    """Pair ``HMGET`` values with :data:`EFFICIENCY_FIELDS`; ``None`` when the key does not exist."""
+    if not exists:
+        return None
+    return {name: value for name, value in zip(EFFICIENCY_FIELDS, values, strict=True) if value is not None}
+
+
+def _epoch_seconds(value: float) -> float | None:
+    seconds = value / 1000.0 if value > MILLISECONDS_ABOVE else value
+    return seconds if seconds > 0 else None
+
+
+def parse_timestamp(raw: Raw, *, allow_iso: bool) -> float | None:
+    """Epoch seconds from a number (seconds, or milliseconds above 1e11) or, with ``allow_iso``, an ISO-8601 string
+    (naive means UTC). None when unusable."""
+    number = parse_float(raw)
+    if number is not None:
+        return _epoch_seconds(number)
+    if not allow_iso or raw is None or len(raw) > MAX_NUMBER_LENGTH:
+        return None
+    try:
+        text = raw.decode("ascii") if isinstance(raw, bytes) else raw
+        moment = datetime.fromisoformat(text)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    try:
+        return _epoch_seconds(moment.timestamp())
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _show(raw: Raw) -> str:
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    return repr(text if len(text) <= 40 else text[:40] + "...")
+
+
+def classify_efficiency(fields: EfficiencyFields | None, now: float, policy: EfficiencyPolicy) -> EfficiencyReading:
+    """Classify an efficiency hash (``None``: key absent) at time ``now``; rows 2 to 6 of SPEC §1, in order.
+
+    Row 1 (``redis_error``) is the caller's, who alone sees a failed read: :meth:`EfficiencyReading.redis_error`.
+    """
+    if not fields:
+        return EfficiencyReading(EffReason.MISSING, detail="efficiency hash absent or empty")
+
+    raw_score = fields.get(SCORE_FIELD)
+    raw_conf = fields.get(CONFIDENCE_FIELD)
+    score = parse_float(raw_score)
+    confidence = parse_float(raw_conf)
+
+    def invalid(detail: str) -> EfficiencyReading:
+        return EfficiencyReading(EffReason.INVALID, score=score, confidence=confidence, detail=detail)
+
+    if raw_score is None:
+        return invalid(f"{SCORE_FIELD} absent")
+    if score is None or not 0.0 <= score <= 1.0:
+        return invalid(f"{SCORE_FIELD} {_show(raw_score)} is not a number in [0, 1]")
+    if raw_conf is None:
+        return invalid(f"{CONFIDENCE_FIELD} absent")
+    if confidence is None or not 0.0 <= confidence <= 1.0:
+        return invalid(f"{CONFIDENCE_FIELD} {_show(raw_conf)} is not a number in [0, 1]")
+
+    if TS_FIELD in fields:
+        ts = parse_timestamp(fields[TS_FIELD], allow_iso=False)
+        if ts is None:
+            return invalid(f"{TS_FIELD} {_show(fields[TS_FIELD])} is not an epoch time")
+    elif TIMESTAMP_FIELD in fields:
+        ts = parse_timestamp(fields[TIMESTAMP_FIELD], allow_iso=True)
+        if ts is None:
+            return invalid(f"{TIMESTAMP_FIELD} {_show(fields[TIMESTAMP_FIELD])} is not an epoch or ISO-8601 time")
+    else:
+        return invalid(f"no {TS_FIELD} or {TIMESTAMP_FIELD}")
+
+    age = now - ts
+    if -age > policy.max_future_sec:
+        return EfficiencyReading(EffReason.INVALID, score, confidence, ts, age, f"timestamp {-age:.0f}s in the future")
+    if age > policy.stale_sec:
+        return EfficiencyReading(EffReason.STALE, score, confidence, ts, age, f"{age:.0f}s old > {policy.stale_sec:g}s")
+    if confidence < policy.min_conf:
+        return EfficiencyReading(
+            EffReason.LOW_CONF, score, confidence, ts, age, f"confidence {confidence:g} < {policy.min_conf:g}"
+        )
+    return EfficiencyReading(EffReason.OK, score, confidence, ts, age)

@@ -1,0 +1,47 @@
+"""Strict parsing of numbers that arrive as text, from Redis fields or from the environment.
+
+Only plain ASCII decimal notation is a number here: no surrounding whitespace, no underscores, no unicode digits,
+no ``nan``/``inf`` spellings, no trailing comment. Python's ``float()`` accepts all of those, which is how a value such
+as ``"0.65 # note"`` or ``"\u0661"`` could otherwise slip through as something it is not.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+#: Longer text is not a number we expect from any producer; refusing it keeps parsing cost bounded.
+MAX_NUMBER_LENGTH = 64
+
+_DECIMAL = re.compile(rb"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_INTEGER = re.compile(rb"[+-]?[0-9]+")
+
+Raw = bytes | str | None
+
+
+def _as_bytes(raw: Raw) -> bytes | None:
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        try:
+            return raw.encode("ascii")
+        except UnicodeEncodeError:
+            return None
+    return raw
+
+
+def parse_float(raw: Raw) -> float | None:
+    """The value of ``raw`` as a finite float, or None when it is absent, not plain decimal notation, or not finite."""
+    data = _as_bytes(raw)
+    if data is None or len(data) > MAX_NUMBER_LENGTH or _DECIMAL.fullmatch(data) is None:
+        return None
+    value = float(data)
+    return value if math.isfinite(value) else None
+
+
+def parse_int(raw: Raw) -> int | None:
+    """The value of ``raw`` as an int, or None when it is absent or not a plain ASCII integer."""
+    data = _as_bytes(raw)
+    if data is None or len(data) > MAX_NUMBER_LENGTH or _INTEGER.fullmatch(data) is None:
+        return None
+    return int(data)

@@ -1,0 +1,75 @@
+"""The Redis connection both daemons use: one place for timeouts, protocol, command retry and reconnect backoff."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.cluster import RedisCluster
+from redis.retry import Retry
+
+from microservices.core.settings import CommonSettings
+
+log = logging.getLogger(__name__)
+
+#: A single Redis or a Redis Cluster; both expose the commands and pipelines the daemons use.
+RedisClient = redis.Redis | RedisCluster
+
+#: Explicit, whatever the redis-py version's defaults are: a blocked read must end well within a loop.
+SOCKET_TIMEOUT_SEC = 5.0
+CONNECT_TIMEOUT_SEC = 2.0
+#: RESP2: the reply shapes the code is written against, explicit rather than the library's default of the day.
+PROTOCOL = 2
+#: A command is retried this many times on a connection error or timeout before the loop sees the failure.
+COMMAND_RETRIES = 2
+#: First step of the reconnect backoff; it doubles (with full jitter) up to ``REDIS_BACKOFF_MAX_SEC``.
+BACKOFF_BASE_SEC = 0.1
+
+#: What a failed Redis call raises: the loop runner catches these, counts them and backs off.
+REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, OSError)
+
+
+def reconnect_backoff(settings: CommonSettings) -> ExponentialWithJitterBackoff:
+    """Jittered exponential backoff capped at ``REDIS_BACKOFF_MAX_SEC``, for the loop runner's retries."""
+    return ExponentialWithJitterBackoff(cap=settings.redis_backoff_max_sec, base=BACKOFF_BASE_SEC)
+
+
+def connect(settings: CommonSettings, *, client_name: str, socket_timeout: float = SOCKET_TIMEOUT_SEC) -> RedisClient:
+    """A client for the configured Redis. Nothing is sent until the first command."""
+    command_retry = Retry(
+        ExponentialWithJitterBackoff(cap=min(0.5, settings.redis_backoff_max_sec), base=0.05), COMMAND_RETRIES
+    )
+    options: dict[str, Any] = {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": CONNECT_TIMEOUT_SEC,
+        "protocol": PROTOCOL,
+        "retry": command_retry,
+        "decode_responses": False,
+        "health_check_interval": 30,
+    }
+    if not settings.redis_cluster:
+        options["client_name"] = client_name
+    cls: type[redis.Redis] | type[RedisCluster] = RedisCluster if settings.redis_cluster else redis.Redis
+    if settings.redis_url:
+        return cls.from_url(settings.redis_url, **options)
+    options.update(host=settings.redis_host, port=settings.redis_port, password=settings.redis_password)
+    if not settings.redis_cluster:
+        options["db"] = settings.redis_db
+    return cls(**options)
+
+
+def describe_target(settings: CommonSettings) -> str:
+    """Where the client connects, for logs: never the password."""
+    kind = "cluster " if settings.redis_cluster else ""
+    if settings.redis_url:
+        parts = urlsplit(settings.redis_url)
+        netloc = parts.hostname or ""
+        if parts.port:
+            netloc += f":{parts.port}"
+        if parts.username:
+            netloc = f"{parts.username}@{netloc}"
+        return kind + urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    return f"{kind}redis://{settings.redis_host}:{settings.redis_port}/{settings.redis_db}"

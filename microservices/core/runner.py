@@ -1,0 +1,130 @@
+"""The loop runner both daemons use: interval, ``--once``, signals, systemd notification, Redis outages.
+
+A daemon supplies a ``step`` (one loop of work, raising a Redis error when Redis fails it) and a ``ping``. The runner
+calls them, keeps health and systemd informed, backs off with jitter while Redis is unreachable and never exits because
+of Redis, except in ``--once`` mode, where 10 s without Redis ends the run with exit status 69.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+
+from redis.backoff import AbstractBackoff
+
+from microservices.core.http_server import HealthState
+from microservices.core.redis_client import REDIS_ERRORS
+from microservices.core.systemd import SystemdNotifier
+
+log = logging.getLogger(__name__)
+
+EX_OK = 0
+EX_UNAVAILABLE = 69
+#: In ``--once`` mode, Redis unreachable for this long ends the run with EX_UNAVAILABLE.
+ONCE_UNAVAILABLE_AFTER_SEC = 10.0
+#: While an outage lasts, it is logged again at most this often.
+OUTAGE_LOG_EVERY_SEC = 30.0
+
+Step = Callable[[threading.Event], object]
+
+
+class LoopRunner:
+    def __init__(
+        self,
+        *,
+        step: Step,
+        ping: Callable[[], object],
+        interval_sec: float,
+        health: HealthState,
+        backoff: AbstractBackoff,
+        on_redis_error: Callable[[Exception], None],
+        notifier: SystemdNotifier | None = None,
+        once: bool = False,
+        unavailable_after_sec: float = ONCE_UNAVAILABLE_AFTER_SEC,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._step = step
+        self._ping = ping
+        self._interval = interval_sec
+        self._health = health
+        self._backoff = backoff
+        self._on_redis_error = on_redis_error
+        self._notifier = notifier or SystemdNotifier()
+        self._once = once
+        self._unavailable_after = unavailable_after_sec
+        self._clock = clock
+        self.stop_event = threading.Event()
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT ask the loop to finish the batch in hand and return."""
+
+        def handle(signum: int, _frame: FrameType | None) -> None:
+            log.info("received %s: finishing the batch in hand, then stopping", signal.Signals(signum).name)
+            self.stop_event.set()
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def run(self) -> int:
+        """Loop until stopped (or once); the process exit status."""
+        ready = False
+        failures = 0
+        outage_started: float | None = None
+        last_outage_log = 0.0
+        try:
+            while not self.stop_event.is_set():
+                started = self._clock()
+                try:
+                    if not ready:
+                        self._ping()
+                        self._notifier.ready()
+                        ready = True
+                    self._step(self.stop_event)
+                except REDIS_ERRORS as exc:
+                    failures += 1
+                    now = self._clock()
+                    self._on_redis_error(exc)
+                    self._health.mark_error(type(exc).__name__)
+                    if outage_started is None:
+                        outage_started = now
+                        last_outage_log = now
+                        log.warning("Redis call failed (%s: %s); retrying with backoff", type(exc).__name__, exc)
+                    elif now - last_outage_log >= OUTAGE_LOG_EVERY_SEC:
+                        last_outage_log = now
+                        log.warning(
+                            "Redis still failing after %d attempts over %.0fs (%s: %s)",
+                            failures,
+                            now - outage_started,
+                            type(exc).__name__,
+                            exc,
+                        )
+                    if self._once and now - outage_started >= self._unavailable_after:
+                        log.error("Redis unavailable for %.0fs in --once mode: giving up", now - outage_started)
+                        return EX_UNAVAILABLE
+                    delay = self._backoff.compute(failures)
+                    if self._once:
+                        delay = min(delay, max(0.0, outage_started + self._unavailable_after - now))
+                    self.stop_event.wait(delay)
+                    continue
+                if outage_started is not None:
+                    log.info(
+                        "Redis calls succeed again after %d failures over %.1fs",
+                        failures,
+                        self._clock() - outage_started,
+                    )
+                failures, outage_started = 0, None
+                self._health.mark_success()
+                self._notifier.watchdog()
+                if self._once:
+                    return EX_OK
+                self.stop_event.wait(max(0.0, self._interval - (self._clock() - started)))
+            return EX_OK
+        finally:
+            self._notifier.stopping()

@@ -1,0 +1,271 @@
+"""Typed, validated settings from the environment: the mechanism both daemons' settings classes are built on.
+
+A settings class is a frozen dataclass whose fields are declared with :func:`setting`, which names the environment
+variable, the default and the documentation in one place, plus the check the value must pass. :func:`load_settings`
+parses the environment into such a class; construction runs every check (defaults included), so an invalid settings
+object cannot exist. Any problem raises :class:`ConfigError`, which the daemons turn into one line and exit 78.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from dotenv import dotenv_values
+from dotenv.parser import parse_stream
+from redis.connection import parse_url as _parse_url
+
+from microservices.core.numbers import parse_float, parse_int
+
+EX_CONFIG = 78
+
+#: redis-py's own URL parser (untyped upstream), so that a URL it would refuse is refused at start-up.
+parse_url: Callable[[str], dict[str, Any]] = _parse_url
+
+_ENV = "env"
+_DOC = "doc"
+_CHECK = "check"
+_SECRET = "secret"
+
+#: A check returns a description of what is wrong with the value, or None when it is fine.
+Check = Callable[[Any], str | None]
+S = TypeVar("S", bound="Settings")
+
+
+class ConfigError(Exception):
+    """A setting that cannot be used. ``str()`` is the one line the daemon prints before exiting 78."""
+
+    def __init__(self, variable: str, value: object, problem: str, *, secret: bool = False) -> None:
+        self.variable = variable
+        self.problem = problem
+        shown = "<redacted>" if secret and value not in (None, "") else repr(value)
+        super().__init__(f"invalid configuration: {variable}={shown}: {problem}")
+
+
+def setting(
+    env: str,
+    default: Any = MISSING,
+    doc: str = "",
+    *,
+    check: Check | None = None,
+    secret: bool = False,
+    default_factory: Callable[[], Any] | None = None,
+) -> Any:
+    """Declare a settings field read from the environment variable ``env``."""
+    metadata = {_ENV: env, _DOC: doc, _CHECK: check, _SECRET: secret}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+# --- checks --------------------------------------------------------------------------------------------------------
+
+
+def positive(value: float) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def non_negative(value: float) -> str | None:
+    return None if value >= 0 else "must be 0 or greater"
+
+
+def probability(value: float) -> str | None:
+    return None if 0 <= value <= 1 else "must be within [0, 1]"
+
+
+def between(low: float, high: float) -> Check:
+    def check(value: float) -> str | None:
+        return None if low <= value <= high else f"must be within [{low:g}, {high:g}]"
+
+    return check
+
+
+def at_least(low: float) -> Check:
+    def check(value: float) -> str | None:
+        return None if value >= low else f"must be {low:g} or greater"
+
+    return check
+
+
+port = between(0, 65535)
+
+
+def redis_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        options = parse_url(value)
+    except ValueError as exc:
+        return str(exc)
+    if value.startswith("unix://"):
+        return None if options.get("path") else "unix:// needs a socket path"
+    return None if options.get("host") else "needs a host name"
+
+
+# --- the settings base class ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Base of every daemon's settings: runs each field's check, then :meth:`cross_check`."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            check = f.metadata.get(_CHECK)
+            value = getattr(self, f.name)
+            problem = check(value) if check is not None else None
+            if problem is None:
+                problem = _literal_problem(type(self), f, value)
+            if problem is not None:
+                raise ConfigError(f.metadata.get(_ENV, f.name), value, problem, secret=f.metadata.get(_SECRET, False))
+        self.cross_check()
+
+    def cross_check(self) -> None:
+        """Checks that involve several fields; raise :class:`ConfigError` naming one of them."""
+
+    def as_environment(self) -> dict[str, object]:
+        """Every variable and the value in force, secrets redacted: what a daemon logs at start-up."""
+        shown: dict[str, object] = {}
+        for f in env_fields(type(self)):
+            value = getattr(self, f.name)
+            shown[f.metadata[_ENV]] = "<redacted>" if f.metadata[_SECRET] and value else value
+        return shown
+
+
+def _literal_problem(cls: type, f: Field[Any], value: object) -> str | None:
+    hint = typing.get_type_hints(cls)[f.name]
+    if typing.get_origin(hint) is Literal and value not in typing.get_args(hint):
+        return "must be one of " + ", ".join(str(v) for v in typing.get_args(hint))
+    return None
+
+
+def env_fields(cls: type[Settings]) -> list[Field[Any]]:
+    """The fields of a settings class that are read from the environment."""
+    return [f for f in fields(cls) if _ENV in f.metadata]
+
+
+def _parse(raw: str, hint: Any, variable: str, secret: bool) -> Any:
+    optional = False
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(hint))
+        hint = args[0]
+    if raw == "":
+        if optional:
+            return None
+        raise ConfigError(variable, raw, "empty value", secret=secret)
+    if hint is bool:
+        lowered = raw.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(variable, raw, "must be 1/true/yes/on or 0/false/no/off", secret=secret)
+    if hint is int:
+        number = parse_int(raw)
+        if number is None:
+            raise ConfigError(variable, raw, "is not an integer", secret=secret)
+        return number
+    if hint is float:
+        value = parse_float(raw)
+        if value is None:
+            raise ConfigError(variable, raw, "is not a finite number", secret=secret)
+        return value
+    if raw != raw.strip() or "\n" in raw:
+        raise ConfigError(variable, raw, "has surrounding white space", secret=secret)
+    return raw
+
+
+def load_settings(cls: type[S], env: Mapping[str, str]) -> S:
+    """Build ``cls`` from the environment mapping ``env``; variables not set keep their documented default."""
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in env_fields(cls):
+        variable = f.metadata[_ENV]
+        if variable in env:
+            values[f.name] = _parse(env[variable], hints[f.name], variable, f.metadata[_SECRET])
+    return cls(**values)
+
+
+# --- the environment -----------------------------------------------------------------------------------------------
+
+_INLINE_COMMENT = re.compile(r"\s#")
+
+
+def read_env_file(path: str | Path) -> dict[str, str]:
+    """Variables of an env file, read as systemd's ``EnvironmentFile=`` would use them.
+
+    systemd keeps an inline ``# comment`` as part of the value, while python-dotenv strips it; so that a file
+    behaves the same in development as under systemd, an unquoted value with an inline comment is refused here.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("--env-file", str(path), f"cannot be read: {exc}") from exc
+    for binding in parse_stream(io.StringIO(text)):
+        line = binding.original.line
+        if binding.error:
+            raise ConfigError("--env-file", str(path), f"line {line} cannot be parsed")
+        if binding.key is None or binding.value is None:
+            continue
+        raw_value = binding.original.string.split("=", 1)[1].strip() if "=" in binding.original.string else ""
+        if raw_value[:1] not in ("'", '"') and _INLINE_COMMENT.search(raw_value):
+            raise ConfigError(
+                binding.key, raw_value, f"inline comment on line {line} of {path} (systemd keeps it in the value)"
+            )
+    values = dotenv_values(stream=io.StringIO(text), interpolate=False)
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def environment(env_file: str | Path | None, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment the settings are read from: the env file's variables, overridden by the process environment."""
+    merged: dict[str, str] = read_env_file(env_file) if env_file is not None else {}
+    merged.update(os.environ if environ is None else environ)
+    return merged
+
+
+# --- what both daemons read ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CommonSettings(Settings):
+    """Connection, HTTP and efficiency-reading settings shared by both daemons (SPEC §4)."""
+
+    redis_url: str | None = setting(
+        "REDIS_URL",
+        None,
+        "redis://, rediss:// (TLS, certificate options as URL query parameters) or unix:// URL; wins over REDIS_HOST",
+        check=redis_url,
+        secret=True,
+    )
+    redis_host: str = setting("REDIS_HOST", "localhost", "Redis host, when REDIS_URL is not set")
+    redis_port: int = setting("REDIS_PORT", 6379, "Redis port, when REDIS_URL is not set", check=port)
+    redis_db: int = setting("REDIS_DB", 0, "Redis database number, when REDIS_URL is not set", check=non_negative)
+    redis_password: str | None = setting(
+        "REDIS_PASSWORD", None, "Redis password, when REDIS_URL is not set; never logged", secret=True
+    )
+    redis_cluster: bool = setting("REDIS_CLUSTER", False, "1 to use a Redis Cluster client")
+    redis_backoff_max_sec: float = setting(
+        "REDIS_BACKOFF_MAX_SEC", 5.0, "cap of the jittered reconnect backoff, seconds", check=positive
+    )
+    metrics_addr: str = setting("METRICS_ADDR", "127.0.0.1", "address the /metrics and /healthz server listens on")
+    metrics_port: int = setting("METRICS_PORT", 0, "port of the /metrics and /healthz server", check=port)
+    metrics_max_symbols: int = setting(
+        "METRICS_MAX_SYMBOLS", 500, "most symbols exported in per-symbol metric series", check=positive
+    )
+    max_future_sec: float = setting(
+        "P31_MAX_FUTURE_SEC",
+        60.0,
+        "an efficiency timestamp further ahead than this is invalid, seconds",
+        check=non_negative,
+    )
+    min_conf: float = setting(
+        "P31_MIN_CONF", 0.65, "an efficiency confidence below this is low_conf", check=probability
+    )

