@@ -123,11 +123,14 @@ def _show(raw: Raw) -> str:
 
 
 def classify_efficiency(fields: EfficiencyFields | None, now: float, policy: EfficiencyPolicy) -> EfficiencyReading:
-    """Classify an efficiency hash (``None``: key absent) at time ``now``; rows 2 to 6 of SPEC §1, in order.
+    """Classify an efficiency hash at time ``now``; rows 2 to 6 of SPEC §1, in order.
+
+    ``fields`` is None when the key is absent (Redis deletes an empty hash, so "absent or empty" is one case); an
+    empty mapping is a hash that exists but holds none of :data:`EFFICIENCY_FIELDS`, which is ``invalid_eff``.
 
     Row 1 (``redis_error``) is the caller's, who alone sees a failed read: :meth:`EfficiencyReading.redis_error`.
     """
-    if not fields:
+    if fields is None:
         return EfficiencyReading(EffReason.MISSING, detail="efficiency hash absent or empty")
 
     raw_score = fields.get(SCORE_FIELD)

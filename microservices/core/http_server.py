@@ -106,7 +106,9 @@ class MetricsServer:
         server_class = _Server6 if ":" in addr else _Server
         self._server = server_class((addr, port), _Handler)
         self._server.routes = _Routes(registry, health)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="metrics-http", daemon=True
+        )
 
     @property
     def address(self) -> tuple[str, int]:

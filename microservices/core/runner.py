@@ -18,7 +18,7 @@ from redis.backoff import AbstractBackoff
 
 from microservices.core.http_server import HealthState
 from microservices.core.redis_client import REDIS_ERRORS
-from microservices.core.systemd import SystemdNotifier
+from microservices.core.systemd import Notifier, SystemdNotifier
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class LoopRunner:
         health: HealthState,
         backoff: AbstractBackoff,
         on_redis_error: Callable[[Exception], None],
-        notifier: SystemdNotifier | None = None,
+        notifier: Notifier | None = None,
         once: bool = False,
         unavailable_after_sec: float = ONCE_UNAVAILABLE_AFTER_SEC,
         clock: Callable[[], float] = time.monotonic,
@@ -53,7 +53,7 @@ class LoopRunner:
         self._health = health
         self._backoff = backoff
         self._on_redis_error = on_redis_error
-        self._notifier = notifier or SystemdNotifier()
+        self._notifier: Notifier = notifier or SystemdNotifier()
         self._once = once
         self._unavailable_after = unavailable_after_sec
         self._clock = clock

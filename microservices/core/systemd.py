@@ -5,8 +5,19 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from typing import Protocol
 
 log = logging.getLogger(__name__)
+
+
+class Notifier(Protocol):
+    """What the loop runner tells its supervisor."""
+
+    def ready(self) -> None: ...
+
+    def watchdog(self) -> None: ...
+
+    def stopping(self) -> None: ...
 
 
 class SystemdNotifier:

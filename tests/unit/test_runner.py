@@ -1,0 +1,110 @@
+"""The loop runner: success, Redis failures with backoff, --once give-up, stop, systemd notifications."""
+
+from __future__ import annotations
+
+import threading
+
+import redis
+from redis.backoff import ConstantBackoff
+
+from microservices.core.http_server import HealthState
+from microservices.core.runner import EX_OK, EX_UNAVAILABLE, LoopRunner
+
+
+class RecordingNotifier:
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def ready(self) -> None:
+        self.sent.append("READY=1")
+
+    def watchdog(self) -> None:
+        self.sent.append("WATCHDOG=1")
+
+    def stopping(self) -> None:
+        self.sent.append("STOPPING=1")
+
+
+class Script:
+    """A step that fails ``failures`` times with a connection error, then succeeds."""
+
+    def __init__(self, failures: int = 0, stop_after: int | None = None) -> None:
+        self.failures = failures
+        self.calls = 0
+        self.successes = 0
+        self.stop_after = stop_after
+
+    def step(self, stop: threading.Event) -> None:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise redis.ConnectionError("Connection refused")
+        self.successes += 1
+        if self.stop_after is not None and self.successes >= self.stop_after:
+            stop.set()
+
+
+def make_runner(script: Script, **kwargs: object) -> tuple[LoopRunner, RecordingNotifier, list[Exception]]:
+    errors: list[Exception] = []
+    notifier = RecordingNotifier()
+    runner = LoopRunner(
+        step=script.step,
+        ping=lambda: True,
+        interval_sec=0.0,
+        health=HealthState("t", 10),
+        backoff=ConstantBackoff(0.0),
+        on_redis_error=errors.append,
+        notifier=notifier,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    return runner, notifier, errors
+
+
+def test_once_runs_one_loop_and_notifies_in_order() -> None:
+    script = Script()
+    runner, notifier, errors = make_runner(script, once=True)
+    assert runner.run() == EX_OK
+    assert script.calls == 1
+    assert notifier.sent == ["READY=1", "WATCHDOG=1", "STOPPING=1"]
+    assert errors == []
+
+
+def test_redis_failures_are_counted_and_retried_until_success() -> None:
+    script = Script(failures=3)
+    runner, notifier, errors = make_runner(script, once=True)
+    assert runner.run() == EX_OK
+    assert len(errors) == 3
+    assert script.successes == 1
+    assert notifier.sent.count("WATCHDOG=1") == 1
+
+
+def test_no_watchdog_without_progress_and_once_gives_up_after_the_limit() -> None:
+    script = Script(failures=10**9)
+    runner, notifier, errors = make_runner(script, once=True, unavailable_after_sec=0.2)
+    assert runner.run() == EX_UNAVAILABLE
+    assert "WATCHDOG=1" not in notifier.sent
+    assert len(errors) >= 2
+
+
+def test_a_failing_ping_delays_ready() -> None:
+    attempts: list[int] = []
+
+    def ping() -> None:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise redis.ConnectionError("down")
+
+    script = Script()
+    runner, notifier, errors = make_runner(script, once=True)
+    runner._ping = ping
+    assert runner.run() == EX_OK
+    assert len(attempts) == 3 and len(errors) == 2
+    assert notifier.sent == ["READY=1", "WATCHDOG=1", "STOPPING=1"]
+
+
+def test_daemon_mode_loops_until_stopped() -> None:
+    script = Script(stop_after=4)
+    runner, notifier, _ = make_runner(script)
+    assert runner.run() == EX_OK
+    assert script.successes == 4
+    assert notifier.sent[-1] == "STOPPING=1"
+    assert notifier.sent.count("WATCHDOG=1") == 4

@@ -1,0 +1,109 @@
+"""SPEC §4: defaults, parsing, every check, the env file, and secrets never shown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from microservices.allocation_target.settings import ProposerSettings
+from microservices.core.settings import ConfigError, environment, load_settings, read_env_file
+
+SPEC_DEFAULTS = {
+    "P31_MIN_CONF": 0.65, "P31_STALE_SEC": 600.0, "P31_MIN_MULT": 0.5, "P31_MAX_MULT": 1.5, "P31_SCALE": 1.0,
+    "P31_BASE": 1.0, "PROPOSE_STREAM_NAME": "quantum:stream:allocation.target.proposed",
+    "PROPOSE_STREAM_MAXLEN": 10000, "PROPOSE_KEY_TTL": 600, "LOOP_INTERVAL_SEC": 10.0, "METRICS_PORT": 8065,
+    "METRICS_ADDR": "127.0.0.1", "METRICS_MAX_SYMBOLS": 500, "P31_MAX_FUTURE_SEC": 60.0, "REDIS_BACKOFF_MAX_SEC": 5.0,
+    "REDIS_HOST": "localhost", "REDIS_PORT": 6379, "REDIS_DB": 0, "REDIS_PASSWORD": None, "REDIS_URL": None,
+    "REDIS_CLUSTER": False,
+}  # fmt: skip
+
+
+def test_defaults_are_the_spec_defaults() -> None:
+    assert load_settings(ProposerSettings, {}).as_environment() == SPEC_DEFAULTS
+
+
+def test_values_are_parsed_by_type() -> None:
+    settings = load_settings(
+        ProposerSettings,
+        {"P31_MIN_CONF": "0.5", "PROPOSE_KEY_TTL": "30", "REDIS_CLUSTER": "1", "PROPOSE_STREAM_NAME": "s:x"},
+    )
+    assert (settings.min_conf, settings.key_ttl_sec, settings.redis_cluster, settings.stream_name) == (
+        0.5, 30, True, "s:x",
+    )  # fmt: skip
+
+
+BAD = [
+    ("P31_MIN_CONF", "abc"), ("P31_MIN_CONF", "1.5"), ("P31_MIN_CONF", "-0.1"), ("P31_MIN_CONF", ""),
+    ("P31_MIN_CONF", "0.65 # note"), ("P31_MIN_CONF", "nan"), ("P31_STALE_SEC", "0"), ("P31_STALE_SEC", "-1"),
+    ("P31_MIN_MULT", "x"), ("P31_MAX_MULT", "-1"), ("P31_SCALE", "inf"), ("P31_BASE", ""),
+    ("PROPOSE_STREAM_MAXLEN", "0"), ("PROPOSE_STREAM_MAXLEN", "1.5"), ("PROPOSE_KEY_TTL", "0"),
+    ("LOOP_INTERVAL_SEC", "0"), ("METRICS_PORT", "65536"), ("METRICS_PORT", "-1"), ("METRICS_PORT", "http"),
+    ("METRICS_MAX_SYMBOLS", "0"), ("P31_MAX_FUTURE_SEC", "-1"), ("REDIS_BACKOFF_MAX_SEC", "0"),
+    ("REDIS_PORT", "70000"), ("REDIS_DB", "-1"), ("REDIS_CLUSTER", "maybe"), ("REDIS_URL", "http://x"),
+    ("REDIS_URL", "redis://"), ("PROPOSE_STREAM_NAME", ""), ("METRICS_ADDR", " 127.0.0.1"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("variable", "value"), BAD)
+def test_each_bad_value_is_refused_naming_the_variable(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(ProposerSettings, {variable: value})
+    assert caught.value.variable == variable
+    message = str(caught.value)
+    assert message.startswith(f"invalid configuration: {variable}=")
+    assert "\n" not in message
+
+
+def test_min_mult_may_not_exceed_max_mult() -> None:
+    with pytest.raises(ConfigError, match=r"P31_MIN_MULT=1\.2: must not exceed P31_MAX_MULT"):
+        load_settings(ProposerSettings, {"P31_MIN_MULT": "1.2", "P31_MAX_MULT": "1.1"})
+    assert load_settings(ProposerSettings, {"P31_MIN_MULT": "1.1", "P31_MAX_MULT": "1.1"}).min_mult == 1.1
+
+
+def test_secrets_never_appear() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(ProposerSettings, {"REDIS_URL": "redis://:hunter2@", "REDIS_PASSWORD": "hunter2"})
+    assert "hunter2" not in str(caught.value)
+    settings = load_settings(ProposerSettings, {"REDIS_URL": "redis://:hunter2@h:1/0", "REDIS_PASSWORD": "hunter2"})
+    assert "hunter2" not in repr(settings.as_environment())
+
+
+def test_empty_optional_strings_mean_unset() -> None:
+    settings = load_settings(ProposerSettings, {"REDIS_URL": "", "REDIS_PASSWORD": ""})
+    assert (settings.redis_url, settings.redis_password) == (None, None)
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://localhost:6379/0", "rediss://h:6380/1?ssl_cert_reqs=none", "unix:///run/redis.sock"]
+)
+def test_supported_redis_urls(url: str) -> None:
+    assert load_settings(ProposerSettings, {"REDIS_URL": url}).redis_url == url
+
+
+def test_env_file_values_are_overridden_by_the_environment(tmp_path: Path) -> None:
+    env_file = tmp_path / "p31.env"
+    env_file.write_text("# comment line\nP31_MIN_CONF=0.7\nLOOP_INTERVAL_SEC=5\nP31_SCALE='2.0'\n")
+    merged = environment(env_file, {"LOOP_INTERVAL_SEC": "3"})
+    settings = load_settings(ProposerSettings, merged)
+    assert (settings.min_conf, settings.loop_interval_sec, settings.scale) == (0.7, 3.0, 2.0)
+
+
+def test_inline_comment_in_env_file_is_refused_as_systemd_would_misread_it(tmp_path: Path) -> None:
+    env_file = tmp_path / "p31.env"
+    env_file.write_text("P31_MIN_CONF=0.65 # note\n")
+    with pytest.raises(ConfigError) as caught:
+        read_env_file(env_file)
+    assert caught.value.variable == "P31_MIN_CONF"
+    assert "inline comment on line 1" in str(caught.value)
+
+
+def test_unreadable_env_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--env-file"):
+        read_env_file(tmp_path / "absent.env")
+
+
+def test_settings_are_frozen() -> None:
+    settings = ProposerSettings()
+    with pytest.raises(AttributeError):
+        settings.min_conf = 0.1  # type: ignore[misc]
