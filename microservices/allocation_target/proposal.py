@@ -8,7 +8,7 @@ from enum import StrEnum
 
 from microservices.allocation_target.multiplier import MultiplierParams, multiplier_for
 from microservices.core.efficiency import EfficiencyReading
-from microservices.core.numbers import Raw, parse_float
+from microservices.core.numbers import Raw, parse_float, show_raw
 
 LIVE_TARGET_PREFIX = "quantum:allocation:target:"
 PROPOSED_PREFIX = "quantum:allocation:target:proposed:"
@@ -98,7 +98,7 @@ def decide(
     """The proposal for one symbol from its live target and efficiency reading, or the reason there is none."""
     base = parse_target(raw_target)
     if base is None:
-        shown = "absent" if raw_target is None else repr(raw_target[:40])
+        shown = "absent" if raw_target is None else show_raw(raw_target)
         return Skip(symbol, SkipReason.INVALID_TARGET, f"{TARGET_FIELD} {shown} is not a finite number >= 0")
     proposal = Proposal(symbol, base, multiplier_for(reading, params), reading, int(now))
     if not math.isfinite(proposal.proposed_target):

@@ -47,6 +47,10 @@ SCAN_COUNT = 1000
 _LIVE = LIVE_TARGET_PREFIX.encode()
 _PROPOSED = PROPOSED_PREFIX.encode()
 _EFFICIENCY = EFFICIENCY_KEY_PREFIX.encode()
+#: How many symbols a problem's log line names.
+PROBLEM_EXAMPLES = 5
+#: A problem's log line is repeated at most this often while it persists.
+PROBLEM_LOG_EVERY_SEC = 60.0
 #: Reasons worth a (throttled) warning: the input or the read is broken, not merely old or unsure.
 _WARN_REASONS = {EffReason.INVALID, EffReason.REDIS_ERROR}
 
@@ -57,6 +61,15 @@ class LoopSummary:
     proposed: Counter[str] = field(default_factory=Counter)
     skipped: Counter[str] = field(default_factory=Counter)
     interrupted: bool = False
+    #: For each problem ("invalid_eff", "skipped invalid_target", ...): how many symbols, and the first few, explained.
+    problems: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def note_problem(self, problem: str, symbol: str, detail: str) -> None:
+        self.problems[problem] += 1
+        examples = self.examples.setdefault(problem, [])
+        if len(examples) < PROBLEM_EXAMPLES:
+            examples.append(f"{symbol} ({detail})")
 
 
 def _batches(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
@@ -83,7 +96,7 @@ class Proposer:
         self._policy = settings.efficiency_policy
         self._params = settings.multiplier_params
         self._transactional = not settings.redis_cluster
-        self._throttle = LogThrottle(60.0)
+        self._throttle = LogThrottle(PROBLEM_LOG_EVERY_SEC)
 
     def discover(self) -> list[str]:
         """Every symbol with a live target hash, sorted; ``SCAN``, never ``KEYS``."""
@@ -169,6 +182,7 @@ class Proposer:
         self._metrics.loops.inc()
         self._metrics.loop_duration.observe(elapsed)
         self._metrics.last_success.set(time.time())
+        self._log_problems(summary)
         log.info(
             "loop: %d symbols, proposed %s, skipped %s in %.1f ms%s",
             summary.symbols,
@@ -184,25 +198,17 @@ class Proposer:
         summary.proposed[reason.value] += 1
         self._metrics.proposed.labels(reason.value).inc()
         if reason in _WARN_REASONS:
-            self._throttle.log(
-                log,
-                logging.WARNING,
-                reason.value,
-                "symbol %s: %s (%s); multiplier held at 1.0",
-                proposal.symbol,
-                reason.value,
-                proposal.reading.detail,
-            )
+            summary.note_problem(f"{reason.value} (multiplier held at 1.0)", proposal.symbol, proposal.reading.detail)
 
     def _account_skip(self, skip: Skip, summary: LoopSummary) -> None:
         summary.skipped[skip.reason.value] += 1
         self._metrics.skipped.labels(skip.reason.value).inc()
-        self._throttle.log(
-            log,
-            logging.WARNING,
-            "skip:" + skip.reason.value,
-            "symbol %s: no proposal, %s (%s)",
-            skip.symbol,
-            skip.reason.value,
-            skip.detail,
-        )
+        summary.note_problem(f"no proposal, {skip.reason.value}", skip.symbol, skip.detail)
+
+    def _log_problems(self, summary: LoopSummary) -> None:
+        """One warning per kind of problem and loop, naming the first symbols; throttled while it persists."""
+        for problem, count in summary.problems.items():
+            self._throttle.log(
+                log, logging.WARNING, problem, "%s: %d symbol(s) this loop, e.g. %s",
+                problem, count, "; ".join(summary.examples[problem]),
+            )  # fmt: skip

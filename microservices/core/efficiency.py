@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from microservices.core.numbers import MAX_NUMBER_LENGTH, Raw, parse_float
+from microservices.core.numbers import MAX_NUMBER_LENGTH, Raw, parse_float, show_raw
 
 EFFICIENCY_KEY_PREFIX = "quantum:capital:efficiency:"
 SCORE_FIELD = "efficiency_score"
@@ -117,11 +117,6 @@ def parse_timestamp(raw: Raw, *, allow_iso: bool) -> float | None:
         return None
 
 
-def _show(raw: Raw) -> str:
-    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-    return repr(text if len(text) <= 40 else text[:40] + "...")
-
-
 def classify_efficiency(fields: EfficiencyFields | None, now: float, policy: EfficiencyPolicy) -> EfficiencyReading:
     """Classify an efficiency hash at time ``now``; rows 2 to 6 of SPEC §1, in order.
 
@@ -144,20 +139,20 @@ def classify_efficiency(fields: EfficiencyFields | None, now: float, policy: Eff
     if raw_score is None:
         return invalid(f"{SCORE_FIELD} absent")
     if score is None or not 0.0 <= score <= 1.0:
-        return invalid(f"{SCORE_FIELD} {_show(raw_score)} is not a number in [0, 1]")
+        return invalid(f"{SCORE_FIELD} {show_raw(raw_score)} is not a number in [0, 1]")
     if raw_conf is None:
         return invalid(f"{CONFIDENCE_FIELD} absent")
     if confidence is None or not 0.0 <= confidence <= 1.0:
-        return invalid(f"{CONFIDENCE_FIELD} {_show(raw_conf)} is not a number in [0, 1]")
+        return invalid(f"{CONFIDENCE_FIELD} {show_raw(raw_conf)} is not a number in [0, 1]")
 
     if TS_FIELD in fields:
         ts = parse_timestamp(fields[TS_FIELD], allow_iso=False)
         if ts is None:
-            return invalid(f"{TS_FIELD} {_show(fields[TS_FIELD])} is not an epoch time")
+            return invalid(f"{TS_FIELD} {show_raw(fields[TS_FIELD])} is not an epoch time")
     elif TIMESTAMP_FIELD in fields:
         ts = parse_timestamp(fields[TIMESTAMP_FIELD], allow_iso=True)
         if ts is None:
-            return invalid(f"{TIMESTAMP_FIELD} {_show(fields[TIMESTAMP_FIELD])} is not an epoch or ISO-8601 time")
+            return invalid(f"{TIMESTAMP_FIELD} {show_raw(fields[TIMESTAMP_FIELD])} is not an epoch or ISO-8601 time")
     else:
         return invalid(f"no {TS_FIELD} or {TIMESTAMP_FIELD}")
 

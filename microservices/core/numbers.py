@@ -45,3 +45,9 @@ def parse_int(raw: Raw) -> int | None:
     if data is None or len(data) > MAX_NUMBER_LENGTH or _INTEGER.fullmatch(data) is None:
         return None
     return int(data)
+
+
+def show_raw(raw: Raw, limit: int = 40) -> str:
+    """A raw value for a log line or a reason's detail: decoded leniently, quoted, and cut to ``limit`` characters."""
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    return repr(text if len(text) <= limit else text[:limit] + "...")
