@@ -1,0 +1,56 @@
+"""SPEC §4: a bad value stops the daemon before it touches Redis, with one line naming the variable, and exit 78."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import redis
+
+from microservices.devtools.redis_server import RedisServer
+from tests.daemons import run_once
+
+MODULE = "microservices.allocation_target"
+
+# One bad value of each kind of check, and each kind of malformed text.
+BAD = [
+    ("P31_MIN_CONF", "abc"), ("P31_MIN_CONF", "1.01"), ("P31_MIN_CONF", "0.65 # note"), ("P31_MIN_CONF", ""),
+    ("P31_STALE_SEC", "0"), ("P31_MIN_MULT", "2"), ("P31_MAX_MULT", "nan"), ("P31_SCALE", "1e999"),
+    ("P31_BASE", "one"), ("PROPOSE_STREAM_MAXLEN", "-1"), ("PROPOSE_KEY_TTL", "10.5"), ("LOOP_INTERVAL_SEC", "-3"),
+    ("METRICS_PORT", "99999"), ("METRICS_MAX_SYMBOLS", "0"), ("P31_MAX_FUTURE_SEC", "-0.5"),
+    ("REDIS_BACKOFF_MAX_SEC", "0"), ("REDIS_PORT", "port"), ("REDIS_DB", "-2"), ("REDIS_CLUSTER", "2"),
+    ("REDIS_URL", "http://localhost:6379"), ("PROPOSE_STREAM_NAME", ""),
+]  # fmt: skip
+
+
+def _connections(r: redis.Redis) -> int:
+    return int(r.info("stats")["total_connections_received"])
+
+
+@pytest.mark.parametrize(("variable", "value"), BAD)
+def test_bad_value_exits_78_naming_it_without_touching_redis(
+    r: redis.Redis, redis_server: RedisServer, variable: str, value: str
+) -> None:
+    before = _connections(r)
+    result = run_once(MODULE, redis_server.url, {variable: value})
+    assert result.returncode == 78, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"invalid configuration: {variable}=" in lines[0]
+    assert _connections(r) == before
+
+
+def test_bad_value_in_env_file_exits_78(r: redis.Redis, redis_server: RedisServer, tmp_path: Path) -> None:
+    env_file = tmp_path / "allocation-target.env"
+    env_file.write_text("LOOP_INTERVAL_SEC=10\nP31_MIN_CONF=0.65 # note\n")
+    before = _connections(r)
+    result = run_once(MODULE, redis_server.url, {}, "--env-file", str(env_file))
+    assert result.returncode == 78
+    assert "P31_MIN_CONF" in result.stderr and "inline comment" in result.stderr
+    assert _connections(r) == before
+
+
+def test_password_is_not_echoed_by_a_config_error(redis_server: RedisServer) -> None:
+    result = run_once(MODULE, "redis://:s3cret-pw@127.0.0.1:1/0", {"REDIS_PASSWORD": "s3cret-pw", "P31_BASE": "x"})
+    assert result.returncode == 78
+    assert "s3cret-pw" not in result.stderr
