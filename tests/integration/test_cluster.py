@@ -17,15 +17,7 @@ MODULE = "microservices.allocation_target"
 
 @pytest.fixture
 def cluster() -> Iterator[RedisServer]:
-    """A one-node cluster holding every slot: the cluster protocol (MOVED, CLUSTER SLOTS) without the cost of six."""
-    with RedisServer(extra_args=["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]) as server:
-        client = server.client()
-        client.execute_command("CLUSTER ADDSLOTSRANGE", 0, 16383)
-        deadline = time.monotonic() + 10
-        while b"cluster_state:ok" not in client.execute_command("CLUSTER INFO"):
-            assert time.monotonic() < deadline, "cluster never became ok"
-            time.sleep(0.05)
-        client.close()
+    with RedisServer(cluster=True) as server:
         yield server
 
 
