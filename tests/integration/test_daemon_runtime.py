@@ -123,3 +123,34 @@ def test_daemon_rides_out_a_redis_outage(tmp_path: Path) -> None:
             daemon.close()
     finally:
         server.close()
+
+
+def test_json_log_format_gives_one_object_per_line(r: redis.Redis, redis_server: RedisServer) -> None:
+    _seed(r, ["BTC"])
+    r.hset(LIVE + "BAD", "target_usd", "junk")
+    result = run_once(MODULE, redis_server.url, {}, "--log-format", "json")
+    assert result.returncode == 0
+    entries = [json.loads(line) for line in result.stderr.splitlines()]
+    assert len(entries) >= 3
+    assert all({"ts", "level", "logger", "msg"} <= set(entry) for entry in entries)
+    assert any(entry["level"] == "warning" and "invalid_target" in entry["msg"] for entry in entries)
+
+
+@pytest.mark.slow
+def test_sigterm_mid_loop_finishes_the_batch_and_exits_0_within_5s(
+    r: redis.Redis, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    pipe = r.pipeline(transaction=False)
+    for i in range(40_000):
+        pipe.hset(f"{LIVE}S{i:05d}", "target_usd", "100")
+    pipe.execute()
+    daemon = Daemon(MODULE, daemon_env(redis_server.url, {"LOOP_INTERVAL_SEC": "0.1"}), tmp_path / "daemon.log")
+    try:
+        daemon.wait_for(lambda: r.exists("quantum:allocation:target:proposed:S00000") == 1, what="first batch")
+        code, took = daemon.terminate()
+        assert code == 0 and took < 5
+    finally:
+        daemon.close()
+    # whatever was written is whole: each shadow hash has every field and its TTL
+    for key in r.scan_iter(match="quantum:allocation:target:proposed:*", count=1000):
+        assert r.hlen(key) == 11 and r.ttl(key) > 0
