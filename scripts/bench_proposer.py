@@ -14,7 +14,8 @@ What it does, for each size N (default 1,000, 10,000 and 100,000 symbols; ``--si
      client from ``microservices.core.redis_client.connect``, ``ProposerMetrics`` on a fresh registry, and
      ``Proposer.run_loop``.
    - **floor**: the same Redis traffic with no logic: the same ``SCAN`` (match, count), the same batches of
-     ``BATCH_SIZE`` with one non-transactional pipeline (``HGET target_usd``, ``EXISTS``, ``HMGET``) and one
+     ``BATCH_SIZE`` with one non-transactional pipeline (``HGET target_usd``, ``HMGET``; then ``EXISTS`` for the keys
+     where ``HMGET`` found no field, in a second pipeline) and one
      ``MULTI``/``EXEC`` (``HSET`` of the same 11 fields, ``EXPIRE``, ``XADD MAXLEN ~``) per batch, but a fixed,
      precomputed field dict, no classification, no sort, no metrics. The proposer cannot be faster than this with
      the same client library.
@@ -119,6 +120,7 @@ RSS_TARGET_FROM_N = 100_000
 _LIVE = LIVE_TARGET_PREFIX.encode()
 _PROPOSED = PROPOSED_PREFIX.encode()
 _EFFICIENCY = EFFICIENCY_KEY_PREFIX.encode()
+_NO_FIELDS = [None] * len(EFFICIENCY_FIELDS)
 
 Fields = dict[EncodableT, EncodableT]
 
@@ -248,9 +250,14 @@ def floor_step(client: redis.Redis, settings: ProposerSettings) -> Callable[[], 
             reads = client.pipeline(transaction=False)
             for symbol in batch:
                 reads.hget(_LIVE + symbol, TARGET_FIELD)
-                reads.exists(_EFFICIENCY + symbol)
                 reads.hmget(_EFFICIENCY + symbol, EFFICIENCY_FIELDS)
-            reads.execute(raise_on_error=False)
+            values = reads.execute(raise_on_error=False)[1::2]
+            unknown = [symbol for symbol, reply in zip(batch, values, strict=True) if reply == _NO_FIELDS]
+            if unknown:  # as the proposer: EXISTS only where HMGET found none of the fields
+                checks = client.pipeline(transaction=False)
+                for symbol in unknown:
+                    checks.exists(_EFFICIENCY + symbol)
+                checks.execute(raise_on_error=False)
             writes = client.pipeline(transaction=True)
             for symbol in batch:
                 key = _PROPOSED + symbol

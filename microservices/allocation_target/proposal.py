@@ -13,6 +13,8 @@ from microservices.core.numbers import Raw, parse_float, show_raw
 LIVE_TARGET_PREFIX = "quantum:allocation:target:"
 PROPOSED_PREFIX = "quantum:allocation:target:proposed:"
 TARGET_FIELD = "target_usd"
+#: The one field of the shadow hash that the stream entry does not carry.
+LAST_UPDATE_FIELD = "last_update_ts_epoch"
 MODE = "shadow"
 
 
@@ -79,7 +81,7 @@ class Proposal:
 
     def hash_fields(self) -> dict[str, str]:
         """The shadow hash ``quantum:allocation:target:proposed:{symbol}`` (SPEC §2)."""
-        return {**self.stream_fields(), "last_update_ts_epoch": str(self.ts_epoch)}
+        return {**self.stream_fields(), LAST_UPDATE_FIELD: str(self.ts_epoch)}
 
 
 def _optional(value: float | None, fmt: str) -> str:

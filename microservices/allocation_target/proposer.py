@@ -18,6 +18,7 @@ from redis.typing import EncodableT
 
 from microservices.allocation_target.metrics import ProposerMetrics
 from microservices.allocation_target.proposal import (
+    LAST_UPDATE_FIELD,
     LIVE_TARGET_PREFIX,
     PROPOSED_PREFIX,
     TARGET_FIELD,
@@ -32,10 +33,10 @@ from microservices.allocation_target.settings import ProposerSettings
 from microservices.core.efficiency import (
     EFFICIENCY_FIELDS,
     EFFICIENCY_KEY_PREFIX,
+    MISSING_READING,
     EfficiencyReading,
     EffReason,
-    classify_efficiency,
-    fields_from_hmget,
+    classify_values,
 )
 from microservices.core.logs import LogThrottle
 from microservices.core.redis_client import RedisClient
@@ -47,6 +48,8 @@ SCAN_COUNT = 1000
 _LIVE = LIVE_TARGET_PREFIX.encode()
 _PROPOSED = PROPOSED_PREFIX.encode()
 _EFFICIENCY = EFFICIENCY_KEY_PREFIX.encode()
+#: An ``HMGET`` reply that found none of the efficiency fields.
+_NO_FIELDS = [None] * len(EFFICIENCY_FIELDS)
 #: How many symbols a problem's log line names.
 PROBLEM_EXAMPLES = 5
 #: A problem's log line is repeated at most this often while it persists.
@@ -108,29 +111,47 @@ class Proposer:
         return sorted(found)
 
     def read_and_decide(self, symbols: Sequence[str], now: float) -> list[Proposal | Skip]:
-        """One pipelined round trip for the batch's live targets and efficiency hashes, then the pure decisions."""
+        """One pipelined round trip for the batch's live targets and efficiency hashes, then the pure decisions.
+
+        ``HGET`` of ``target_usd`` and ``HMGET`` of the efficiency fields per symbol; a second, small round trip of
+        ``EXISTS`` only for the symbols whose ``HMGET`` found none of the fields (absent key, or a hash without them).
+        """
+        raws = [encode(symbol) for symbol in symbols]
         pipe = self._client.pipeline(transaction=False)
-        for symbol in symbols:
-            raw = encode(symbol)
+        for raw in raws:
             pipe.hget(_LIVE + raw, TARGET_FIELD)
-            pipe.exists(_EFFICIENCY + raw)
             pipe.hmget(_EFFICIENCY + raw, EFFICIENCY_FIELDS)
         replies = pipe.execute(raise_on_error=False)
+        targets, values = replies[0::2], replies[1::2]
+        absent = self._absent_efficiency(raws, values)
         decisions: list[Proposal | Skip] = []
         for i, symbol in enumerate(symbols):
-            target, exists, values = replies[3 * i : 3 * i + 3]
+            target, eff = targets[i], values[i]
             if isinstance(target, Exception):
-                self._metrics.redis_errors.inc()
                 decisions.append(Skip(symbol, SkipReason.REDIS_ERROR, f"reading {TARGET_FIELD} failed: {target}"))
                 continue
-            if isinstance(exists, Exception) or isinstance(values, Exception):
-                self._metrics.redis_errors.inc()
-                error = exists if isinstance(exists, Exception) else values
-                reading = EfficiencyReading.redis_error(f"reading the efficiency hash failed: {error}")
+            if isinstance(eff, Exception):
+                reading = EfficiencyReading.redis_error(f"reading the efficiency hash failed: {eff}")
             else:
-                reading = classify_efficiency(fields_from_hmget(exists, values), now, self._policy)
+                reading = absent.get(i) or classify_values(eff, now, self._policy)
             decisions.append(decide(symbol, target, reading, self._params, now))
         return decisions
+
+    def _absent_efficiency(self, raws: Sequence[bytes], values: Sequence[object]) -> dict[int, EfficiencyReading]:
+        """The readings of the batch's efficiency keys that turn out absent (or whose ``EXISTS`` failed), by index."""
+        unknown = [i for i, reply in enumerate(values) if reply == _NO_FIELDS]
+        if not unknown:
+            return {}
+        pipe = self._client.pipeline(transaction=False)
+        for i in unknown:
+            pipe.exists(_EFFICIENCY + raws[i])
+        readings: dict[int, EfficiencyReading] = {}
+        for i, exists in zip(unknown, pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(exists, Exception):
+                readings[i] = EfficiencyReading.redis_error(f"checking the efficiency key failed: {exists}")
+            elif not exists:
+                readings[i] = MISSING_READING
+        return readings
 
     def write(self, proposals: Sequence[Proposal]) -> None:
         """Each shadow hash with its ``EXPIRE``, and the stream entries: one ``MULTI``/``EXEC`` for the batch.
@@ -140,16 +161,16 @@ class Proposer:
         """
         if not proposals:
             return
-        settings = self._settings
+        ttl, stream, maxlen = self._settings.key_ttl_sec, self._settings.stream_name, self._settings.stream_maxlen
         pipe = self._client.pipeline(transaction=self._transactional)
         for proposal in proposals:
             raw = encode(proposal.symbol)
             entry = cast(dict[EncodableT, EncodableT], proposal.stream_fields())
             entry["symbol"] = raw
             key = _PROPOSED + raw
-            pipe.hset(key, mapping={**entry, "last_update_ts_epoch": entry["ts_epoch"]})
-            pipe.expire(key, settings.key_ttl_sec)
-            pipe.xadd(settings.stream_name, entry, maxlen=settings.stream_maxlen, approximate=True)
+            pipe.hset(key, mapping={**entry, LAST_UPDATE_FIELD: entry["ts_epoch"]})
+            pipe.expire(key, ttl)
+            pipe.xadd(stream, entry, maxlen=maxlen, approximate=True)
         pipe.execute()
 
     def run_loop(self, stop: threading.Event) -> LoopSummary:
@@ -166,16 +187,12 @@ class Proposer:
                 summary.interrupted = True
                 break
             decisions = self.read_and_decide(batch, self._clock())
-            proposals = [d for d in decisions if isinstance(d, Proposal)]
-            self.write(proposals)
+            self.write([d for d in decisions if isinstance(d, Proposal)])
+            self._account(decisions, summary)
             for decision in decisions:
-                if isinstance(decision, Skip):
-                    self._account_skip(decision, summary)
-                else:
-                    self._account_proposal(decision, summary)
-                    if decision.symbol in exported:
-                        reading = decision.reading
-                        series[decision.symbol] = (decision.multiplier, reading.score, reading.confidence)
+                if isinstance(decision, Proposal) and decision.symbol in exported:
+                    reading = decision.reading
+                    series[decision.symbol] = (decision.multiplier, reading.score, reading.confidence)
         if not summary.interrupted:
             self._metrics.per_symbol.publish(series)
         elapsed = time.perf_counter() - started
@@ -193,17 +210,32 @@ class Proposer:
         )
         return summary
 
-    def _account_proposal(self, proposal: Proposal, summary: LoopSummary) -> None:
-        reason = proposal.reading.reason
-        summary.proposed[reason.value] += 1
-        self._metrics.proposed.labels(reason.value).inc()
-        if reason in _WARN_REASONS:
-            summary.note_problem(f"{reason.value} (multiplier held at 1.0)", proposal.symbol, proposal.reading.detail)
-
-    def _account_skip(self, skip: Skip, summary: LoopSummary) -> None:
-        summary.skipped[skip.reason.value] += 1
-        self._metrics.skipped.labels(skip.reason.value).inc()
-        summary.note_problem(f"no proposal, {skip.reason.value}", skip.symbol, skip.detail)
+    def _account(self, decisions: Sequence[Proposal | Skip], summary: LoopSummary) -> None:
+        """Count a written batch: in the loop's summary, then in the metrics, once per reason rather than per symbol."""
+        proposed: Counter[str] = Counter()
+        skipped: Counter[str] = Counter()
+        redis_errors = 0
+        for decision in decisions:
+            if isinstance(decision, Skip):
+                skipped[decision.reason.value] += 1
+                redis_errors += decision.reason is SkipReason.REDIS_ERROR
+                summary.note_problem(f"no proposal, {decision.reason.value}", decision.symbol, decision.detail)
+                continue
+            reason = decision.reading.reason
+            proposed[reason.value] += 1
+            if reason in _WARN_REASONS:
+                redis_errors += reason is EffReason.REDIS_ERROR
+                summary.note_problem(
+                    f"{reason.value} (multiplier held at 1.0)", decision.symbol, decision.reading.detail
+                )
+        for value, count in proposed.items():
+            self._metrics.proposed.labels(value).inc(count)
+        for value, count in skipped.items():
+            self._metrics.skipped.labels(value).inc(count)
+        if redis_errors:
+            self._metrics.redis_errors.inc(redis_errors)
+        summary.proposed.update(proposed)
+        summary.skipped.update(skipped)
 
     def _log_problems(self, summary: LoopSummary) -> None:
         """One warning per kind of problem and loop, naming the first symbols; throttled while it persists."""

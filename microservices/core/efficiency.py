@@ -1,13 +1,14 @@
 """Reading a symbol's capital-efficiency score (SPEC §1): one pure classification shared by both daemons.
 
-The upstream hash ``quantum:capital:efficiency:{symbol}`` is read with ``HMGET`` of :data:`EFFICIENCY_FIELDS` plus
-``EXISTS`` (never ``HGETALL``, so a hash with thousands of unrelated fields costs nothing extra). The caller turns that
-into :class:`EfficiencyFields` (or ``None`` for an absent key) and :func:`classify_efficiency` does the rest.
+The upstream hash ``quantum:capital:efficiency:{symbol}`` is read with ``HMGET`` of :data:`EFFICIENCY_FIELDS` (never
+``HGETALL``, so a hash with thousands of unrelated fields costs nothing extra); only when every field comes back absent
+does ``EXISTS`` tell an absent key from a hash without those fields. :func:`classify_values` classifies the ``HMGET``
+reply, :func:`classify_efficiency` the same reading given as a mapping.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -84,13 +85,6 @@ def efficiency_key(symbol: str) -> str:
     return EFFICIENCY_KEY_PREFIX + symbol
 
 
-def fields_from_hmget(exists: int | bool, values: list[bytes | None]) -> EfficiencyFields | None:
-    """Pair ``HMGET`` values with :data:`EFFICIENCY_FIELDS`; ``None`` when the key does not exist."""
-    if not exists:
-        return None
-    return {name: value for name, value in zip(EFFICIENCY_FIELDS, values, strict=True) if value is not None}
-
-
 def _epoch_seconds(value: float) -> float | None:
     seconds = value / 1000.0 if value > MILLISECONDS_ABOVE else value
     return seconds if seconds > 0 else None
@@ -117,44 +111,55 @@ def parse_timestamp(raw: Raw, *, allow_iso: bool) -> float | None:
         return None
 
 
+#: The reading of an absent efficiency hash.
+MISSING_READING = EfficiencyReading(EffReason.MISSING, detail="efficiency hash absent or empty")
+
+#: The values of :data:`EFFICIENCY_FIELDS`, in that order, as ``HMGET`` returns them (None for an absent field).
+EfficiencyValues = Sequence[Raw]
+
+
 def classify_efficiency(fields: EfficiencyFields | None, now: float, policy: EfficiencyPolicy) -> EfficiencyReading:
-    """Classify an efficiency hash at time ``now``; rows 2 to 6 of SPEC §1, in order.
+    """Classify an efficiency hash, given as a mapping of its fields, at time ``now``: rows 2 to 6 of SPEC §1.
 
     ``fields`` is None when the key is absent (Redis deletes an empty hash, so "absent or empty" is one case); an
     empty mapping is a hash that exists but holds none of :data:`EFFICIENCY_FIELDS`, which is ``invalid_eff``.
-
     Row 1 (``redis_error``) is the caller's, who alone sees a failed read: :meth:`EfficiencyReading.redis_error`.
     """
     if fields is None:
-        return EfficiencyReading(EffReason.MISSING, detail="efficiency hash absent or empty")
+        return MISSING_READING
+    return classify_values([fields.get(name) for name in EFFICIENCY_FIELDS], now, policy)
 
-    raw_score = fields.get(SCORE_FIELD)
-    raw_conf = fields.get(CONFIDENCE_FIELD)
+
+def classify_values(values: EfficiencyValues | None, now: float, policy: EfficiencyPolicy) -> EfficiencyReading:
+    """:func:`classify_efficiency` for the values of :data:`EFFICIENCY_FIELDS` in order (None: the key is absent).
+
+    This is the form the daemons call with an ``HMGET`` reply, once per symbol, so it builds no mapping.
+    """
+    if values is None:
+        return MISSING_READING
+    raw_score, raw_conf, raw_ts, raw_timestamp = values
     score = parse_float(raw_score)
     confidence = parse_float(raw_conf)
-
-    def invalid(detail: str) -> EfficiencyReading:
-        return EfficiencyReading(EffReason.INVALID, score=score, confidence=confidence, detail=detail)
-
     if raw_score is None:
-        return invalid(f"{SCORE_FIELD} absent")
+        return _invalid(score, confidence, f"{SCORE_FIELD} absent")
     if score is None or not 0.0 <= score <= 1.0:
-        return invalid(f"{SCORE_FIELD} {show_raw(raw_score)} is not a number in [0, 1]")
+        return _invalid(score, confidence, f"{SCORE_FIELD} {show_raw(raw_score)} is not a number in [0, 1]")
     if raw_conf is None:
-        return invalid(f"{CONFIDENCE_FIELD} absent")
+        return _invalid(score, confidence, f"{CONFIDENCE_FIELD} absent")
     if confidence is None or not 0.0 <= confidence <= 1.0:
-        return invalid(f"{CONFIDENCE_FIELD} {show_raw(raw_conf)} is not a number in [0, 1]")
+        return _invalid(score, confidence, f"{CONFIDENCE_FIELD} {show_raw(raw_conf)} is not a number in [0, 1]")
 
-    if TS_FIELD in fields:
-        ts = parse_timestamp(fields[TS_FIELD], allow_iso=False)
+    if raw_ts is not None:  # a present ts decides, usable or not: no fall-back to timestamp
+        ts = parse_timestamp(raw_ts, allow_iso=False)
         if ts is None:
-            return invalid(f"{TS_FIELD} {show_raw(fields[TS_FIELD])} is not an epoch time")
-    elif TIMESTAMP_FIELD in fields:
-        ts = parse_timestamp(fields[TIMESTAMP_FIELD], allow_iso=True)
+            return _invalid(score, confidence, f"{TS_FIELD} {show_raw(raw_ts)} is not an epoch time")
+    elif raw_timestamp is not None:
+        ts = parse_timestamp(raw_timestamp, allow_iso=True)
         if ts is None:
-            return invalid(f"{TIMESTAMP_FIELD} {show_raw(fields[TIMESTAMP_FIELD])} is not an epoch or ISO-8601 time")
+            detail = f"{TIMESTAMP_FIELD} {show_raw(raw_timestamp)} is not an epoch or ISO-8601 time"
+            return _invalid(score, confidence, detail)
     else:
-        return invalid(f"no {TS_FIELD} or {TIMESTAMP_FIELD}")
+        return _invalid(score, confidence, f"no {TS_FIELD} or {TIMESTAMP_FIELD}")
 
     age = now - ts
     if -age > policy.max_future_sec:
@@ -166,3 +171,7 @@ def classify_efficiency(fields: EfficiencyFields | None, now: float, policy: Eff
             EffReason.LOW_CONF, score, confidence, ts, age, f"confidence {confidence:g} < {policy.min_conf:g}"
         )
     return EfficiencyReading(EffReason.OK, score, confidence, ts, age)
+
+
+def _invalid(score: float | None, confidence: float | None, detail: str) -> EfficiencyReading:
+    return EfficiencyReading(EffReason.INVALID, score=score, confidence=confidence, detail=detail)

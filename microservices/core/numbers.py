@@ -13,7 +13,9 @@ import re
 #: Longer text is not a number we expect from any producer; refusing it keeps parsing cost bounded.
 MAX_NUMBER_LENGTH = 64
 
-_DECIMAL = re.compile(rb"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+#: The only bytes a decimal number may hold; ``float()`` then rejects any malformed arrangement of them ("1.2.3",
+#: "e5", "+"), and every arrangement it accepts is plain decimal notation. Cheaper than a regular expression.
+_DECIMAL_BYTES = b"0123456789.+-eE"
 _INTEGER = re.compile(rb"[+-]?[0-9]+")
 
 Raw = bytes | str | None
@@ -33,9 +35,12 @@ def _as_bytes(raw: Raw) -> bytes | None:
 def parse_float(raw: Raw) -> float | None:
     """The value of ``raw`` as a finite float, or None when it is absent, not plain decimal notation, or not finite."""
     data = _as_bytes(raw)
-    if data is None or len(data) > MAX_NUMBER_LENGTH or _DECIMAL.fullmatch(data) is None:
+    if data is None or len(data) > MAX_NUMBER_LENGTH or data.translate(None, _DECIMAL_BYTES):
         return None
-    value = float(data)
+    try:
+        value = float(data)
+    except ValueError:
+        return None
     return value if math.isfinite(value) else None
 
 

@@ -10,12 +10,13 @@ from hypothesis import strategies as st
 
 from microservices.core.efficiency import (
     EFFICIENCY_FIELDS,
+    MISSING_READING,
     EfficiencyFields,
     EfficiencyPolicy,
     EfficiencyReading,
     EffReason,
     classify_efficiency,
-    fields_from_hmget,
+    classify_values,
 )
 
 NOW = 1_800_000_000.0
@@ -50,12 +51,12 @@ def test_absent_hash_is_missing() -> None:
     assert classify(None).usable_score is None
 
 
-def test_hmget_of_an_absent_key_is_missing_and_of_unrelated_fields_invalid() -> None:
-    assert fields_from_hmget(0, [None] * len(EFFICIENCY_FIELDS)) is None
-    assert classify(fields_from_hmget(1, [None] * len(EFFICIENCY_FIELDS))).reason is EffReason.INVALID
-    assert fields_from_hmget(1, [b"0.5", b"0.9", None, b"2026-01-01"]) == {
-        "efficiency_score": b"0.5", "confidence": b"0.9", "timestamp": b"2026-01-01",
-    }  # fmt: skip
+def test_hmget_values_classify_like_the_mapping() -> None:
+    assert classify_values(None, NOW, POLICY) is MISSING_READING
+    assert classify_values([None] * len(EFFICIENCY_FIELDS), NOW, POLICY).reason is EffReason.INVALID
+    assert classify(eff("0.5", "0.9", None, timestamp=str(NOW))) == classify_values(
+        [b"0.5", b"0.9", None, str(NOW).encode()], NOW, POLICY
+    )
 
 
 @pytest.mark.parametrize(
