@@ -78,13 +78,20 @@ from redis.typing import EncodableT
 from redis.utils import HIREDIS_AVAILABLE
 
 from microservices.allocation_target.metrics import ProposerMetrics
-from microservices.allocation_target.proposal import LIVE_TARGET_PREFIX, PROPOSED_PREFIX, TARGET_FIELD, Proposal
-from microservices.allocation_target.proposer import BATCH_SIZE, SCAN_COUNT, Proposer
+from microservices.allocation_target.proposal import TARGET_FIELD, Proposal
+from microservices.allocation_target.proposer import (
+    BATCH_SIZE,
+    EFFICIENCY_KEY,
+    LIVE_KEY,
+    NO_FIELDS,
+    PROPOSED_KEY,
+    SCAN_COUNT,
+    Proposer,
+)
 from microservices.allocation_target.settings import ProposerSettings
 from microservices.core.efficiency import (
     CONFIDENCE_FIELD,
     EFFICIENCY_FIELDS,
-    EFFICIENCY_KEY_PREFIX,
     SCORE_FIELD,
     TS_FIELD,
     EfficiencyReading,
@@ -117,10 +124,6 @@ MAX_RSS_MB = 100.0
 RATIO_TARGETS_FROM_N = 10_000
 RSS_TARGET_FROM_N = 100_000
 
-_LIVE = LIVE_TARGET_PREFIX.encode()
-_PROPOSED = PROPOSED_PREFIX.encode()
-_EFFICIENCY = EFFICIENCY_KEY_PREFIX.encode()
-_NO_FIELDS = [None] * len(EFFICIENCY_FIELDS)
 
 Fields = dict[EncodableT, EncodableT]
 
@@ -154,7 +157,7 @@ def seed(client: redis.Redis, size: int, now: float) -> dict[str, int]:
     pipe = client.pipeline(transaction=False)
     for i in range(size):
         symbol = symbol_name(i)
-        pipe.hset(_LIVE + symbol, mapping={TARGET_FIELD: f"{rng.uniform(100.0, 50_000.0):.2f}"})
+        pipe.hset(LIVE_KEY + symbol, mapping={TARGET_FIELD: f"{rng.uniform(100.0, 50_000.0):.2f}"})
         draw = rng.random()
         score = f"{rng.random():.4f}"
         ts = now - rng.uniform(0.0, 60.0)
@@ -170,7 +173,7 @@ def seed(client: redis.Redis, size: int, now: float) -> dict[str, int]:
             mix[kind.value] += 1
             ts_text = str(int(ts)) if i % 2 else f"{ts:.3f}"  # integer and float epochs, as upstream writes both
             pipe.hset(
-                _EFFICIENCY + symbol,
+                EFFICIENCY_KEY + symbol,
                 mapping={SCORE_FIELD: score, CONFIDENCE_FIELD: f"{confidence:.3f}", TS_FIELD: ts_text},
             )
         if (i + 1) % SEED_CHUNK == 0:
@@ -222,8 +225,8 @@ def commands_processed(probe: redis.Redis) -> int:
 def live_symbols(client: redis.Redis) -> list[bytes]:
     """The discovery the references share with the proposer: same ``SCAN`` match and count, same key filter."""
     symbols: list[bytes] = []
-    for key in client.scan_iter(match=_LIVE + b"*", count=SCAN_COUNT):
-        suffix = key[len(_LIVE) :]
+    for key in client.scan_iter(match=LIVE_KEY + b"*", count=SCAN_COUNT):
+        suffix = key[len(LIVE_KEY) :]
         if suffix and b":" not in suffix:
             symbols.append(suffix)
     return symbols
@@ -249,18 +252,18 @@ def floor_step(client: redis.Redis, settings: ProposerSettings) -> Callable[[], 
         for batch in batches(live_symbols(client), BATCH_SIZE):
             reads = client.pipeline(transaction=False)
             for symbol in batch:
-                reads.hget(_LIVE + symbol, TARGET_FIELD)
-                reads.hmget(_EFFICIENCY + symbol, EFFICIENCY_FIELDS)
+                reads.hget(LIVE_KEY + symbol, TARGET_FIELD)
+                reads.hmget(EFFICIENCY_KEY + symbol, EFFICIENCY_FIELDS)
             values = reads.execute(raise_on_error=False)[1::2]
-            unknown = [symbol for symbol, reply in zip(batch, values, strict=True) if reply == _NO_FIELDS]
+            unknown = [symbol for symbol, reply in zip(batch, values, strict=True) if reply == NO_FIELDS]
             if unknown:  # as the proposer: EXISTS only where HMGET found none of the fields
                 checks = client.pipeline(transaction=False)
                 for symbol in unknown:
-                    checks.exists(_EFFICIENCY + symbol)
+                    checks.exists(EFFICIENCY_KEY + symbol)
                 checks.execute(raise_on_error=False)
             writes = client.pipeline(transaction=True)
             for symbol in batch:
-                key = _PROPOSED + symbol
+                key = PROPOSED_KEY + symbol
                 writes.hset(key, mapping=hash_fields)
                 writes.expire(key, settings.key_ttl_sec)
                 writes.xadd(settings.stream_name, stream_fields, maxlen=settings.stream_maxlen, approximate=True)
@@ -275,9 +278,9 @@ def old_step(client: redis.Redis, settings: ProposerSettings) -> Callable[[], No
 
     def step() -> None:
         for symbol in live_symbols(client):
-            client.hgetall(_LIVE + symbol)
-            client.hgetall(_EFFICIENCY + symbol)
-            key = _PROPOSED + symbol
+            client.hgetall(LIVE_KEY + symbol)
+            client.hgetall(EFFICIENCY_KEY + symbol)
+            key = PROPOSED_KEY + symbol
             client.hset(key, mapping=hash_fields)
             client.expire(key, settings.key_ttl_sec)
             client.xadd(settings.stream_name, stream_fields, maxlen=settings.stream_maxlen, approximate=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -18,15 +19,18 @@ LAST_UPDATE_FIELD = "last_update_ts_epoch"
 MODE = "shadow"
 
 
-def symbol_from_live_key(key: bytes) -> str | None:
-    """The symbol of a live target key, or None for keys that are not one (``...:proposed:...`` and the like)."""
-    prefix = LIVE_TARGET_PREFIX.encode()
-    if not key.startswith(prefix):
-        return None
-    suffix = key[len(prefix) :]
-    if not suffix or b":" in suffix:
-        return None
-    return suffix.decode("utf-8", "surrogateescape")
+_LIVE_PREFIX = LIVE_TARGET_PREFIX.encode()
+
+
+def symbols_from_live_keys(keys: Iterable[bytes]) -> set[str]:
+    """The symbols of the live target keys among ``keys``; other keys (``...:proposed:...`` and the like) are not
+    symbols. Called with every key ``SCAN`` returns, so it is one comprehension rather than a call per key."""
+    start = len(_LIVE_PREFIX)
+    return {
+        key[start:].decode("utf-8", "surrogateescape")
+        for key in keys
+        if key.startswith(_LIVE_PREFIX) and len(key) > start and b":" not in key[start:]
+    }
 
 
 def encode(text: str) -> bytes:
@@ -39,7 +43,7 @@ class SkipReason(StrEnum):
     REDIS_ERROR = "redis_error"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Skip:
     """No proposal for this symbol this loop, and why."""
 
@@ -48,7 +52,7 @@ class Skip:
     detail: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Proposal:
     symbol: str
     base_target: float
@@ -65,16 +69,17 @@ class Proposal:
         return self.reading.reason.value
 
     def stream_fields(self) -> dict[str, str]:
-        """The stream entry (SPEC §2)."""
+        """The stream entry (SPEC §2). Scores and confidences that are not finite numbers are written as ""."""
+        reading = self.reading
         return {
             "ts_epoch": str(self.ts_epoch),
             "symbol": self.symbol,
             "base_target": f"{self.base_target:.2f}",
             "proposed_target": f"{self.proposed_target:.2f}",
             "multiplier": f"{self.multiplier:.4f}",
-            "eff_score": _optional(self.reading.score, "%.4f"),
-            "eff_confidence": _optional(self.reading.confidence, "%.3f"),
-            "eff_stale": self.reading.stale_flag,
+            "eff_score": "" if reading.score is None else f"{reading.score:.4f}",
+            "eff_confidence": "" if reading.confidence is None else f"{reading.confidence:.3f}",
+            "eff_stale": reading.stale_flag,
             "reason": self.reason,
             "mode": MODE,
         }
@@ -82,10 +87,6 @@ class Proposal:
     def hash_fields(self) -> dict[str, str]:
         """The shadow hash ``quantum:allocation:target:proposed:{symbol}`` (SPEC §2)."""
         return {**self.stream_fields(), LAST_UPDATE_FIELD: str(self.ts_epoch)}
-
-
-def _optional(value: float | None, fmt: str) -> str:
-    return "" if value is None else fmt % value
 
 
 def parse_target(raw: Raw) -> float | None:

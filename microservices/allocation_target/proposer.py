@@ -1,7 +1,8 @@
 """The proposer loop (SPEC §2): discover symbols, read in pipelined batches, decide, write in transactions.
 
-Redis round trips per loop: one per ``SCAN`` page, then two per batch of :data:`BATCH_SIZE` symbols (one pipelined
-read, one ``MULTI``/``EXEC`` of writes), so they grow with N / batch size, never with N.
+Redis round trips per loop: one per ``SCAN`` page, then per batch of :data:`BATCH_SIZE` symbols one pipelined read,
+one more only if some efficiency keys turned out to hold none of the fields, and one ``MULTI``/``EXEC`` of writes: they
+grow with N / batch size, never with N.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from microservices.allocation_target.proposal import (
     SkipReason,
     decide,
     encode,
-    symbol_from_live_key,
+    symbols_from_live_keys,
 )
 from microservices.allocation_target.settings import ProposerSettings
 from microservices.core.efficiency import (
@@ -45,11 +46,12 @@ log = logging.getLogger(__name__)
 
 BATCH_SIZE = 1000
 SCAN_COUNT = 1000
-_LIVE = LIVE_TARGET_PREFIX.encode()
-_PROPOSED = PROPOSED_PREFIX.encode()
-_EFFICIENCY = EFFICIENCY_KEY_PREFIX.encode()
+#: Key prefixes as bytes: symbols are bytes on the wire, and keys are built by concatenation.
+LIVE_KEY = LIVE_TARGET_PREFIX.encode()
+PROPOSED_KEY = PROPOSED_PREFIX.encode()
+EFFICIENCY_KEY = EFFICIENCY_KEY_PREFIX.encode()
 #: An ``HMGET`` reply that found none of the efficiency fields.
-_NO_FIELDS = [None] * len(EFFICIENCY_FIELDS)
+NO_FIELDS = [None] * len(EFFICIENCY_FIELDS)
 #: How many symbols a problem's log line names.
 PROBLEM_EXAMPLES = 5
 #: A problem's log line is repeated at most this often while it persists.
@@ -103,12 +105,7 @@ class Proposer:
 
     def discover(self) -> list[str]:
         """Every symbol with a live target hash, sorted; ``SCAN``, never ``KEYS``."""
-        found: set[str] = set()
-        for key in self._client.scan_iter(match=_LIVE + b"*", count=SCAN_COUNT):
-            symbol = symbol_from_live_key(key)
-            if symbol is not None:
-                found.add(symbol)
-        return sorted(found)
+        return sorted(symbols_from_live_keys(self._client.scan_iter(match=LIVE_KEY + b"*", count=SCAN_COUNT)))
 
     def read_and_decide(self, symbols: Sequence[str], now: float) -> list[Proposal | Skip]:
         """One pipelined round trip for the batch's live targets and efficiency hashes, then the pure decisions.
@@ -119,8 +116,8 @@ class Proposer:
         raws = [encode(symbol) for symbol in symbols]
         pipe = self._client.pipeline(transaction=False)
         for raw in raws:
-            pipe.hget(_LIVE + raw, TARGET_FIELD)
-            pipe.hmget(_EFFICIENCY + raw, EFFICIENCY_FIELDS)
+            pipe.hget(LIVE_KEY + raw, TARGET_FIELD)
+            pipe.hmget(EFFICIENCY_KEY + raw, EFFICIENCY_FIELDS)
         replies = pipe.execute(raise_on_error=False)
         targets, values = replies[0::2], replies[1::2]
         absent = self._absent_efficiency(raws, values)
@@ -139,12 +136,12 @@ class Proposer:
 
     def _absent_efficiency(self, raws: Sequence[bytes], values: Sequence[object]) -> dict[int, EfficiencyReading]:
         """The readings of the batch's efficiency keys that turn out absent (or whose ``EXISTS`` failed), by index."""
-        unknown = [i for i, reply in enumerate(values) if reply == _NO_FIELDS]
+        unknown = [i for i, reply in enumerate(values) if reply == NO_FIELDS]
         if not unknown:
             return {}
         pipe = self._client.pipeline(transaction=False)
         for i in unknown:
-            pipe.exists(_EFFICIENCY + raws[i])
+            pipe.exists(EFFICIENCY_KEY + raws[i])
         readings: dict[int, EfficiencyReading] = {}
         for i, exists in zip(unknown, pipe.execute(raise_on_error=False), strict=True):
             if isinstance(exists, Exception):
@@ -167,7 +164,7 @@ class Proposer:
             raw = encode(proposal.symbol)
             entry = cast(dict[EncodableT, EncodableT], proposal.stream_fields())
             entry["symbol"] = raw
-            key = _PROPOSED + raw
+            key = PROPOSED_KEY + raw
             pipe.hset(key, mapping={**entry, LAST_UPDATE_FIELD: entry["ts_epoch"]})
             pipe.expire(key, ttl)
             pipe.xadd(stream, entry, maxlen=maxlen, approximate=True)

@@ -50,7 +50,7 @@ class EfficiencyPolicy:
     max_future_sec: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EfficiencyReading:
     """A classified reading. ``score`` and ``confidence`` are kept whenever they parsed as finite numbers, even when the
     reading is not usable, so that outputs can show what upstream wrote; only ``reason == OK`` lets the score act."""

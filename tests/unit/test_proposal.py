@@ -12,7 +12,7 @@ from microservices.allocation_target.proposal import (
     decide,
     encode,
     parse_target,
-    symbol_from_live_key,
+    symbols_from_live_keys,
 )
 from microservices.core.efficiency import EfficiencyReading, EffReason
 
@@ -33,9 +33,18 @@ OK = EfficiencyReading(EffReason.OK, score=0.9, confidence=0.8, ts=NOW - 5, age_
     ],
 )
 def test_only_live_target_keys_name_a_symbol(key: bytes, symbol: str | None) -> None:
-    assert symbol_from_live_key(key) == symbol
+    assert symbols_from_live_keys([key]) == ({symbol} if symbol is not None else set())
     if symbol is not None:
         assert b"quantum:allocation:target:" + encode(symbol) == key
+
+
+def test_keys_seen_twice_by_scan_give_one_symbol() -> None:
+    keys = [
+        b"quantum:allocation:target:BTC",
+        b"quantum:allocation:target:proposed:BTC",
+        b"quantum:allocation:target:BTC",
+    ]
+    assert symbols_from_live_keys(keys) == {"BTC"}
 
 
 @pytest.mark.parametrize(("raw", "value"), [(b"100", 100.0), (b"0", 0.0), (b"12.5", 12.5), ("1e6", 1e6)])
