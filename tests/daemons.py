@@ -10,7 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,8 +80,7 @@ class Daemon:
                 return float(line.rsplit(" ", 1)[1])
         return None
 
-    def wait_for(self, predicate: object, timeout: float = 15, what: str = "condition") -> None:
-        assert callable(predicate)
+    def wait_for(self, predicate: Callable[[], object], timeout: float = 15, what: str = "condition") -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if predicate():

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from microservices.core.http_server import HealthState, MetricsServer
 from microservices.core.logs import LOG_FORMATS, setup_logging
-from microservices.core.redis_client import reconnect_backoff
+from microservices.core.redis_client import describe_target, reconnect_backoff
 from microservices.core.runner import LoopRunner, Step
 from microservices.core.settings import EX_CONFIG, CommonSettings, ConfigError, environment, load_settings
 
@@ -73,7 +73,7 @@ def run_daemon(
     except ConfigError as exc:
         log.error("%s", exc)
         return EX_CONFIG
-    log.info("%s starting with %s", prog, settings.as_environment())
+    log.info("%s starting: Redis at %s; settings %s", prog, describe_target(settings), settings.as_environment())
     disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
     service = build(settings, args)
     try:

@@ -85,10 +85,10 @@ class RedisServer:
                         if self.cluster:
                             self._take_every_slot(probe, deadline)
                         return self
+                except redis.AuthenticationError:  # a ConnectionError subclass: before it
+                    return self  # started with a password: it answers, which is all we wait for
                 except (redis.ConnectionError, redis.TimeoutError):
                     pass
-                except redis.AuthenticationError:
-                    return self  # started with a password: it answers, which is all we wait for
                 except redis.ResponseError as exc:
                     if "NOAUTH" in str(exc):
                         return self

@@ -54,3 +54,11 @@ def test_password_is_not_echoed_by_a_config_error(redis_server: RedisServer) -> 
     result = run_once(MODULE, "redis://:s3cret-pw@127.0.0.1:1/0", {"REDIS_PASSWORD": "s3cret-pw", "P31_BASE": "x"})
     assert result.returncode == 78
     assert "s3cret-pw" not in result.stderr
+
+
+def test_start_up_names_the_redis_target_but_never_the_password() -> None:
+    with RedisServer(extra_args=["--requirepass", "s3cret-pw"]) as server:
+        result = run_once(MODULE, f"redis://:s3cret-pw@127.0.0.1:{server.port}/0")
+        assert result.returncode == 0, result.stderr
+        assert f"Redis at redis://127.0.0.1:{server.port}/0" in result.stderr
+        assert "s3cret-pw" not in result.stderr
