@@ -87,26 +87,25 @@ class LoopRunner:
                         self._notifier.ready()
                         ready = True
                     self._step(self.stop_event)
-                except REDIS_ERRORS as exc:
+                except Exception as exc:
                     failures += 1
                     now = self._clock()
-                    self._on_redis_error(exc)
-                    self._health.mark_error(type(exc).__name__)
                     if outage_started is None:
-                        outage_started = now
+                        outage_started = started  # the failed attempt's own duration counts toward the outage
+                    self._health.mark_error(type(exc).__name__)
+                    if isinstance(exc, REDIS_ERRORS):
+                        self._on_redis_error(exc)
+                        if failures == 1 or now - last_outage_log >= OUTAGE_LOG_EVERY_SEC:
+                            last_outage_log = now
+                            log.warning(
+                                "Redis call failed (%s: %s), %d in a row over %.1fs; retrying with backoff",
+                                type(exc).__name__, exc, failures, now - outage_started,
+                            )  # fmt: skip
+                    elif failures == 1 or now - last_outage_log >= OUTAGE_LOG_EVERY_SEC:
                         last_outage_log = now
-                        log.warning("Redis call failed (%s: %s); retrying with backoff", type(exc).__name__, exc)
-                    elif now - last_outage_log >= OUTAGE_LOG_EVERY_SEC:
-                        last_outage_log = now
-                        log.warning(
-                            "Redis still failing after %d attempts over %.0fs (%s: %s)",
-                            failures,
-                            now - outage_started,
-                            type(exc).__name__,
-                            exc,
-                        )
+                        log.exception("loop failed unexpectedly, %d in a row; retrying with backoff", failures)
                     if self._once and now - outage_started >= self._unavailable_after:
-                        log.error("Redis unavailable for %.0fs in --once mode: giving up", now - outage_started)
+                        log.error("no successful loop for %.0fs in --once mode: giving up", now - outage_started)
                         return EX_UNAVAILABLE
                     delay = self._backoff.compute(failures)
                     if self._once:

@@ -108,3 +108,19 @@ def test_daemon_mode_loops_until_stopped() -> None:
     assert script.successes == 4
     assert notifier.sent[-1] == "STOPPING=1"
     assert notifier.sent.count("WATCHDOG=1") == 4
+
+
+def test_an_unexpected_error_fails_the_loop_without_ending_the_daemon() -> None:
+    calls: list[int] = []
+
+    def step(stop: threading.Event) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyError("a bug")
+
+    runner, notifier, errors = make_runner(Script(), once=True)
+    runner._step = step
+    assert runner.run() == EX_OK
+    assert len(calls) == 2
+    assert errors == []  # not counted as a Redis error
+    assert notifier.sent == ["READY=1", "WATCHDOG=1", "STOPPING=1"]
