@@ -1,8 +1,8 @@
-"""The proposer loop (SPEC §2): discover symbols, read in pipelined batches, decide, write in transactions.
+"""The proposer loop (SPEC §2): discover symbols, read in pipelined batches, decide, write atomically per key.
 
 Redis round trips per loop: one per ``SCAN`` page, then per batch of :data:`BATCH_SIZE` symbols one pipelined read,
-one more only if some efficiency keys turned out to hold none of the fields, and one ``MULTI``/``EXEC`` of writes: they
-grow with N / batch size, never with N.
+one more only if some efficiency keys turned out to hold none of the fields, one for the shadow hashes and one for the
+stream entries: they grow with N / batch size, never with N.
 """
 
 from __future__ import annotations
@@ -52,6 +52,15 @@ PROPOSED_KEY = PROPOSED_PREFIX.encode()
 EFFICIENCY_KEY = EFFICIENCY_KEY_PREFIX.encode()
 #: An ``HMGET`` reply that found none of the efficiency fields.
 NO_FIELDS = [None] * len(EFFICIENCY_FIELDS)
+#: The shadow hash and its TTL, written atomically (SPEC §2: never a key without its EXPIRE). A script rather than
+#: MULTI/EXEC: when HSET fails (a key of another type under that name) the script stops, so the EXPIRE never reaches a
+#: key that is not ours, and one key's failure is that key's alone. It touches one key, so it also runs in a cluster.
+#: KEYS[1]: the shadow hash; ARGV[1]: the TTL in seconds; ARGV[2..]: field, value, field, value, ...
+WRITE_SHADOW_HASH = """
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
 #: How many symbols a problem's log line names.
 PROBLEM_EXAMPLES = 5
 #: A problem's log line is repeated at most this often while it persists.
@@ -100,12 +109,13 @@ class Proposer:
         self._batch_size = batch_size
         self._policy = settings.efficiency_policy
         self._params = settings.multiplier_params
-        self._transactional = not settings.redis_cluster
         self._throttle = LogThrottle(PROBLEM_LOG_EVERY_SEC)
 
     def discover(self) -> list[str]:
-        """Every symbol with a live target hash, sorted; ``SCAN``, never ``KEYS``."""
-        return sorted(symbols_from_live_keys(self._client.scan_iter(match=LIVE_KEY + b"*", count=SCAN_COUNT)))
+        """Every symbol with a live target hash, sorted; ``SCAN`` (never ``KEYS``) of hashes only: SPEC §2's symbols
+        are the hashes, so a key of another type under the live prefix is not a symbol."""
+        keys = self._client.scan_iter(match=LIVE_KEY + b"*", count=SCAN_COUNT, _type="hash")
+        return sorted(symbols_from_live_keys(keys))
 
     def read_and_decide(self, symbols: Sequence[str], now: float) -> list[Proposal | Skip]:
         """One pipelined round trip for the batch's live targets and efficiency hashes, then the pure decisions.
@@ -150,25 +160,40 @@ class Proposer:
                 readings[i] = MISSING_READING
         return readings
 
-    def write(self, proposals: Sequence[Proposal]) -> None:
-        """Each shadow hash with its ``EXPIRE``, and the stream entries: one ``MULTI``/``EXEC`` for the batch.
+    def write(self, proposals: Sequence[Proposal]) -> dict[str, Skip]:
+        """Write the batch's proposals; the symbols whose shadow hash could not be written, with why.
 
-        Under Redis Cluster the keys live in different slots and cannot share a transaction; the hash and its
-        ``EXPIRE`` are then sent back to back in one pipeline.
+        One round trip runs :data:`WRITE_SHADOW_HASH` per symbol (the hash and its TTL, atomically), a second appends
+        the stream entries of the hashes that were written. A key of another type under the shadow name fails alone:
+        the other symbols are written, and the foreign key keeps its TTL.
         """
         if not proposals:
-            return
+            return {}
         ttl, stream, maxlen = self._settings.key_ttl_sec, self._settings.stream_name, self._settings.stream_maxlen
-        pipe = self._client.pipeline(transaction=self._transactional)
+        entries: list[dict[EncodableT, EncodableT]] = []
+        hashes = self._client.pipeline(transaction=False)
         for proposal in proposals:
             raw = encode(proposal.symbol)
             entry = cast(dict[EncodableT, EncodableT], proposal.stream_fields())
             entry["symbol"] = raw
-            key = PROPOSED_KEY + raw
-            pipe.hset(key, mapping={**entry, LAST_UPDATE_FIELD: entry["ts_epoch"]})
-            pipe.expire(key, ttl)
-            pipe.xadd(stream, entry, maxlen=maxlen, approximate=True)
-        pipe.execute()
+            entries.append(entry)
+            args: list[EncodableT] = [ttl]
+            for name, value in entry.items():
+                args += (name, value)
+            args += (LAST_UPDATE_FIELD, entry["ts_epoch"])
+            # execute_command: redis-py's cluster pipeline has no eval(), but routes an EVAL by its key
+            hashes.execute_command("EVAL", WRITE_SHADOW_HASH, 1, PROPOSED_KEY + raw, *args)
+        failed: dict[str, Skip] = {}
+        stream_entries = self._client.pipeline(transaction=False)
+        for proposal, entry, reply in zip(proposals, entries, hashes.execute(raise_on_error=False), strict=True):
+            if isinstance(reply, Exception):
+                detail = f"writing the shadow hash failed: {reply}"
+                failed[proposal.symbol] = Skip(proposal.symbol, SkipReason.REDIS_ERROR, detail)
+            else:
+                stream_entries.xadd(stream, entry, maxlen=maxlen, approximate=True)
+        if len(failed) < len(proposals):
+            stream_entries.execute()
+        return failed
 
     def run_loop(self, stop: threading.Event) -> LoopSummary:
         """One loop over every symbol; returns early, after the batch in hand, when ``stop`` is set."""
@@ -184,7 +209,9 @@ class Proposer:
                 summary.interrupted = True
                 break
             decisions = self.read_and_decide(batch, self._clock())
-            self.write([d for d in decisions if isinstance(d, Proposal)])
+            failed = self.write([d for d in decisions if isinstance(d, Proposal)])
+            if failed:
+                decisions = [failed.get(d.symbol, d) for d in decisions]
             self._account(decisions, summary)
             for decision in decisions:
                 if isinstance(decision, Proposal) and decision.symbol in exported:

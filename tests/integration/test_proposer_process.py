@@ -208,3 +208,32 @@ def test_custom_multiplier_settings_and_stream_trimming(r: redis.Redis, redis_se
     assert r.hget(f"{PROPOSED}S000", "proposed_target") == b"125.00"
     assert 10 <= r.xlen("custom:stream") < 900  # approximate trimming: bounded, not exact
     assert r.xlen(STREAM) == 0
+
+
+def test_a_foreign_key_under_a_shadow_name_fails_alone(r: redis.Redis, redis_server: RedisServer) -> None:
+    for symbol in ("AAA", "BBB", "CCC"):
+        r.hset(LIVE + symbol, "target_usd", "100")
+    r.set(PROPOSED + "BBB", "someone else's string")
+    result = run_once(MODULE, redis_server.url)
+    assert result.returncode == 0, result.stderr
+    assert proposed_symbols(r) == {"AAA", "BBB", "CCC"}
+    assert r.type(PROPOSED + "BBB") == b"string"
+    assert r.get(PROPOSED + "BBB") == b"someone else's string"
+    assert r.ttl(PROPOSED + "BBB") == -1  # its TTL untouched: the EXPIRE never ran for a key that is not ours
+    assert text_hash(r, PROPOSED + "AAA")["reason"] == "missing_eff"
+    assert 0 < r.ttl(PROPOSED + "CCC") <= 600
+    assert {entry["symbol"] for entry in stream_entries(r, STREAM)} == {"AAA", "CCC"}
+    assert "no proposal, redis_error: 1 symbol(s) this loop, e.g. BBB (writing the shadow hash failed: WRONGTYPE" in (
+        result.stderr
+    )
+
+
+def test_a_live_key_that_is_not_a_hash_is_not_a_symbol(r: redis.Redis, redis_server: RedisServer) -> None:
+    r.hset(LIVE + "BTC", "target_usd", "10")
+    r.set(LIVE + "STR", "500")
+    r.rpush(LIVE + "LIST", "500")
+    result = run_once(MODULE, redis_server.url)
+    assert result.returncode == 0
+    assert proposed_symbols(r) == {"BTC"}
+    assert "loop: 1 symbols" in result.stderr
+    assert "redis_error" not in result.stderr.split("loop: ", 1)[1]
