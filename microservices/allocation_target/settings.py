@@ -6,7 +6,18 @@ from dataclasses import dataclass
 
 from microservices.allocation_target.multiplier import MultiplierParams
 from microservices.core.efficiency import EfficiencyPolicy
-from microservices.core.settings import CommonSettings, ConfigError, non_negative, port, positive, setting
+from microservices.core.settings import (
+    MAX_COUNT,
+    MAX_REDIS_SECONDS,
+    MAX_SECONDS,
+    CommonSettings,
+    ConfigError,
+    non_negative,
+    port,
+    positive,
+    positive_up_to,
+    setting,
+)
 
 DEFAULT_STREAM = "quantum:stream:allocation.target.proposed"
 
@@ -22,10 +33,14 @@ class ProposerSettings(CommonSettings):
     base: float = setting("P31_BASE", 1.0, "multiplier at score 0.5")
     stream_name: str = setting("PROPOSE_STREAM_NAME", DEFAULT_STREAM, "stream the proposals are appended to")
     stream_maxlen: int = setting(
-        "PROPOSE_STREAM_MAXLEN", 10000, "approximate length the stream is trimmed to", check=positive
+        "PROPOSE_STREAM_MAXLEN", 10000, "approximate length the stream is trimmed to", check=positive_up_to(MAX_COUNT)
     )
-    key_ttl_sec: int = setting("PROPOSE_KEY_TTL", 600, "TTL of each shadow proposal hash, seconds", check=positive)
-    loop_interval_sec: float = setting("LOOP_INTERVAL_SEC", 10.0, "time between loop starts, seconds", check=positive)
+    key_ttl_sec: int = setting(
+        "PROPOSE_KEY_TTL", 600, "TTL of each shadow proposal hash, seconds", check=positive_up_to(MAX_REDIS_SECONDS)
+    )
+    loop_interval_sec: float = setting(
+        "LOOP_INTERVAL_SEC", 10.0, "time between loop starts, seconds", check=positive_up_to(MAX_SECONDS)
+    )
     metrics_port: int = setting("METRICS_PORT", 8065, "port of the /metrics and /healthz server", check=port)
 
     def cross_check(self) -> None:

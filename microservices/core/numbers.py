@@ -41,7 +41,7 @@ def parse_float(raw: Raw) -> float | None:
         value = float(data)
     except ValueError:
         return None
-    return value if math.isfinite(value) else None
+    return value + 0.0 if math.isfinite(value) else None  # + 0.0: "-0" is 0.0, never "-0.00" in an output
 
 
 def parse_int(raw: Raw) -> int | None:

@@ -9,6 +9,7 @@ object cannot exist. Any problem raises :class:`ConfigError`, which the daemons 
 from __future__ import annotations
 
 import io
+import ipaddress
 import os
 import re
 import types
@@ -20,6 +21,7 @@ from typing import Any, Literal, TypeVar
 
 from dotenv import dotenv_values
 from dotenv.parser import parse_stream
+from redis import ConnectionPool, RedisError
 from redis.connection import parse_url as _parse_url
 
 from microservices.core.numbers import parse_float, parse_int
@@ -97,16 +99,41 @@ def at_least(low: float) -> Check:
 port = between(0, 65535)
 
 
+#: Durations in seconds and counts are bounded so that every accepted value is one Redis and the OS accept too.
+MAX_SECONDS = 86_400.0
+MAX_REDIS_SECONDS = 2**31 - 1
+MAX_COUNT = 2**53
+
+
+def positive_up_to(high: float) -> Check:
+    def check(value: float) -> str | None:
+        return None if 0 < value <= high else f"must be greater than 0 and at most {high:g}"
+
+    return check
+
+
 def redis_url(value: str | None) -> str | None:
+    """A URL redis-py accepts, options included: building a connection (which sends nothing) checks them all."""
     if value is None:
         return None
     try:
         options = parse_url(value)
-    except ValueError as exc:
-        return str(exc)
+        pool = ConnectionPool.from_url(value)
+        pool.make_connection()
+        pool.disconnect()
+    except (ValueError, TypeError, RedisError) as exc:
+        return f"not a usable Redis URL ({type(exc).__name__}: {exc})"
     if value.startswith("unix://"):
         return None if options.get("path") else "unix:// needs a socket path"
     return None if options.get("host") else "needs a host name"
+
+
+def ip_address(value: str) -> str | None:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return "must be an IP address such as 127.0.0.1 or ::1"
+    return None
 
 
 # --- the settings base class ---------------------------------------------------------------------------------------
@@ -217,8 +244,11 @@ def read_env_file(path: str | Path) -> dict[str, str]:
             continue
         raw_value = binding.original.string.split("=", 1)[1].strip() if "=" in binding.original.string else ""
         if raw_value[:1] not in ("'", '"') and _INLINE_COMMENT.search(raw_value):
-            raise ConfigError(
-                binding.key, raw_value, f"inline comment on line {line} of {path} (systemd keeps it in the value)"
+            raise ConfigError(  # the value is not shown: it may be a password
+                binding.key,
+                raw_value,
+                f"inline comment on line {line} of {path} (systemd keeps it in the value)",
+                secret=True,
             )
     values = dotenv_values(stream=io.StringIO(text), interpolate=False)
     return {key: value for key, value in values.items() if value is not None}
@@ -247,18 +277,25 @@ class CommonSettings(Settings):
     )
     redis_host: str = setting("REDIS_HOST", "localhost", "Redis host, when REDIS_URL is not set")
     redis_port: int = setting("REDIS_PORT", 6379, "Redis port, when REDIS_URL is not set", check=port)
-    redis_db: int = setting("REDIS_DB", 0, "Redis database number, when REDIS_URL is not set", check=non_negative)
+    redis_db: int = setting(
+        "REDIS_DB", 0, "Redis database number, when REDIS_URL is not set", check=between(0, MAX_REDIS_SECONDS)
+    )
     redis_password: str | None = setting(
         "REDIS_PASSWORD", None, "Redis password, when REDIS_URL is not set; never logged", secret=True
     )
     redis_cluster: bool = setting("REDIS_CLUSTER", False, "1 to use a Redis Cluster client")
     redis_backoff_max_sec: float = setting(
-        "REDIS_BACKOFF_MAX_SEC", 5.0, "cap of the jittered reconnect backoff, seconds", check=positive
+        "REDIS_BACKOFF_MAX_SEC",
+        5.0,
+        "cap of the jittered reconnect backoff, seconds",
+        check=positive_up_to(MAX_SECONDS),
     )
-    metrics_addr: str = setting("METRICS_ADDR", "127.0.0.1", "address the /metrics and /healthz server listens on")
+    metrics_addr: str = setting(
+        "METRICS_ADDR", "127.0.0.1", "IP address the /metrics and /healthz server listens on", check=ip_address
+    )
     metrics_port: int = setting("METRICS_PORT", 0, "port of the /metrics and /healthz server", check=port)
     metrics_max_symbols: int = setting(
-        "METRICS_MAX_SYMBOLS", 500, "most symbols exported in per-symbol metric series", check=positive
+        "METRICS_MAX_SYMBOLS", 500, "most symbols exported in per-symbol metric series", check=positive_up_to(MAX_COUNT)
     )
     max_future_sec: float = setting(
         "P31_MAX_FUTURE_SEC",

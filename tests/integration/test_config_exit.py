@@ -20,6 +20,10 @@ BAD = [
     ("METRICS_PORT", "99999"), ("METRICS_MAX_SYMBOLS", "0"), ("P31_MAX_FUTURE_SEC", "-0.5"),
     ("REDIS_BACKOFF_MAX_SEC", "0"), ("REDIS_PORT", "port"), ("REDIS_DB", "-2"), ("REDIS_CLUSTER", "2"),
     ("REDIS_URL", "http://localhost:6379"), ("PROPOSE_STREAM_NAME", ""),
+    ("PROPOSE_KEY_TTL", "9223372036854775"), ("PROPOSE_STREAM_MAXLEN", "100000000000000000000"),
+    ("LOOP_INTERVAL_SEC", "1e10"), ("REDIS_BACKOFF_MAX_SEC", "1e12"), ("METRICS_ADDR", "nohost.invalid"),
+    ("REDIS_URL", "redis://127.0.0.1:6399/0?bogus_opt=1"), ("REDIS_URL", "rediss://127.0.0.1:6399/0?ssl_cert_reqs=bogus"),
+    ("REDIS_DB", "99999999999"),
 ]  # fmt: skip
 
 
@@ -48,6 +52,15 @@ def test_bad_value_in_env_file_exits_78(r: redis.Redis, redis_server: RedisServe
     assert result.returncode == 78
     assert "P31_MIN_CONF" in result.stderr and "inline comment" in result.stderr
     assert _connections(r) == before
+
+
+def test_password_in_an_env_file_is_not_echoed_by_a_config_error(tmp_path: Path) -> None:
+    env_file = tmp_path / "allocation-target.env"
+    env_file.write_text("REDIS_PASSWORD=hunter2 # prod\n")
+    result = run_once(MODULE, None, {}, "--env-file", str(env_file))
+    assert result.returncode == 78
+    assert "REDIS_PASSWORD" in result.stderr and "inline comment" in result.stderr
+    assert "hunter2" not in result.stderr
 
 
 def test_password_is_not_echoed_by_a_config_error(redis_server: RedisServer) -> None:

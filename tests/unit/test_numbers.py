@@ -24,6 +24,11 @@ def test_anything_else_is_not_a_number(raw: str | bytes | None) -> None:
     assert parse_float(raw) is None
 
 
+def test_negative_zero_is_zero() -> None:
+    value = parse_float("-0")
+    assert value == 0.0 and f"{value:.2f}" == "0.00"
+
+
 def test_longest_accepted_number_is_bounded() -> None:
     assert parse_float("1" * MAX_NUMBER_LENGTH) == float("1" * MAX_NUMBER_LENGTH)
 
