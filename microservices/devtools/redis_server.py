@@ -72,13 +72,22 @@ class RedisServer:
             self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
             "--dir", str(self._dir), "--logfile", str(self._dir / "redis.log"), *self.extra_args,
         ]  # fmt: skip
-        self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
+        with (self._dir / "stdout.log").open("wb") as output:  # where it complains before its log file is open
+            self._process = subprocess.Popen(args, stdout=output, stderr=subprocess.STDOUT)
+        try:
+            return self._wait_until_up(time.monotonic() + timeout, timeout)
+        except BaseException:
+            self.stop()  # a server that failed to come up is not left running
+            raise
+
+    def _wait_until_up(self, deadline: float, timeout: float) -> RedisServer:
+        assert self._process is not None
         probe = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1, socket_connect_timeout=1)
         try:
             while True:
                 if self._process.poll() is not None:
-                    log = (self._dir / "redis.log").read_text(errors="replace")[-2000:]
+                    logs = [self._dir / name for name in ("stdout.log", "redis.log")]
+                    log = " ".join(p.read_text(errors="replace") for p in logs if p.exists())[-2000:]
                     raise RuntimeError(f"redis-server exited with {self._process.returncode}: {log}")
                 try:
                     if probe.ping():
@@ -123,7 +132,11 @@ class RedisServer:
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> RedisServer:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
