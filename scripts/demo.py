@@ -17,8 +17,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +31,8 @@ from redis.typing import EncodableT
 from microservices.allocation_target.proposal import LIVE_TARGET_PREFIX, PROPOSED_PREFIX, TARGET_FIELD
 from microservices.allocation_target.settings import DEFAULT_STREAM
 from microservices.core.efficiency import EFFICIENCY_KEY_PREFIX
-from microservices.devtools.redis_server import RedisServer, free_port
+from microservices.devtools.daemon_process import DaemonFailedError, DaemonProcess, http_get, metric_value
+from microservices.devtools.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 PROPOSER_MODULE = "microservices.allocation_target"
@@ -183,23 +182,6 @@ class DaemonRun:
     problems: list[str] = field(default_factory=list)
 
 
-def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
-    """Status and body; an HTTP error status is returned, not raised. Connection failures raise OSError."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return int(response.status), response.read().decode("utf-8", "replace")
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode("utf-8", "replace")
-
-
-def metric_value(metrics_text: str, series: str) -> float | None:
-    """The value of one series, e.g. ``p29_shadow_loops_total`` or ``p29_shadow_skipped_total{reason="x"}``."""
-    for line in metrics_text.splitlines():
-        if line.startswith(series + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return None
-
-
 def metric_lines(metrics_text: str, names: Sequence[str]) -> list[str]:
     """The sample lines (no ``# HELP``/``# TYPE``) of the named metrics."""
     return [
@@ -209,9 +191,9 @@ def metric_lines(metrics_text: str, names: Sequence[str]) -> list[str]:
     ]
 
 
-def daemon_environment(redis_url: str, metrics_port: int, extra: Mapping[str, str]) -> dict[str, str]:
+def daemon_environment(redis_url: str, extra: Mapping[str, str]) -> dict[str, str]:
     env = {name: value for name, value in os.environ.items() if not name.startswith(_DAEMON_VARIABLE_PREFIXES)}
-    env.update({"REDIS_URL": redis_url, "METRICS_PORT": str(metrics_port), **extra})
+    env.update({"REDIS_URL": redis_url, "METRICS_PORT": "0", **extra})
     return env
 
 
@@ -226,74 +208,51 @@ def run_daemon(
 
     The daemon is always stopped before this returns, also on an error or Ctrl-C.
     """
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    run = DaemonRun(module, f"{base}/metrics", f"{base}/healthz")
-    env = daemon_environment(redis_url, port, extra_env or {})
+    env = daemon_environment(redis_url, extra_env or {})
     with tempfile.TemporaryDirectory(prefix="p31-demo-") as tmp:
         log_path = Path(tmp) / "daemon.log"
-        with log_path.open("wb") as log_file:
-            process = subprocess.Popen(
-                [sys.executable, "-m", module, "--log-format", "text"],
-                env=env,
-                cwd=ROOT,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=log_file,
-            )
+        try:
+            daemon = DaemonProcess(module, env, log_path, "--log-format", "text")
+        except DaemonFailedError as exc:
+            run = DaemonRun(module, "-", "-", problems=[str(exc)])
+            run.log_lines = log_path.read_text(errors="replace").splitlines()
+            return run
+        run = DaemonRun(module, daemon.url("/metrics"), daemon.url("/healthz"))
+        try:
             try:
-                _wait_until_done(process, run, done, timeout)
-                if process.poll() is None:
-                    run.healthz_status, run.healthz_body = _get_or_problem(run, run.healthz_url)
-                    _, run.metrics_text = _get_or_problem(run, run.metrics_url)
-                _stop(process, run)
-            finally:
-                if process.poll() is None:
-                    process.kill()
-                    process.wait()
-        run.log_lines = log_path.read_text(errors="replace").splitlines()
+                daemon.wait_for(lambda: done(_metrics_now(run.metrics_url)), timeout, "the wanted state")
+            except DaemonFailedError as exc:
+                run.problems.append(str(exc).split(":", 1)[0])
+            if daemon.running:
+                run.healthz_status, run.healthz_body = _get_or_problem(run, run.healthz_url)
+                _, run.metrics_text = _get_or_problem(run, run.metrics_url)
+                try:
+                    run.exit_status, run.stop_sec = daemon.terminate(STOP_TIMEOUT_SEC)
+                except subprocess.TimeoutExpired:
+                    run.problems.append(f"{module} did not exit within {STOP_TIMEOUT_SEC:g}s of SIGTERM; killed")
+            else:
+                run.exit_status = daemon.process.returncode
+        finally:
+            daemon.close()
+            run.log_lines = daemon.log().splitlines()
     return run
+
+
+def _metrics_now(url: str) -> str:
+    """The /metrics page, or "" while the daemon does not answer it."""
+    try:
+        status, body = http_get(url, timeout=2.0)
+    except OSError:
+        return ""
+    return body if status == 200 else ""
 
 
 def _get_or_problem(run: DaemonRun, url: str) -> tuple[int | None, str]:
     try:
-        return http_get(url)
+        return http_get(url, timeout=2.0)
     except OSError as exc:
         run.problems.append(f"GET {url} failed: {exc}")
         return None, ""
-
-
-def _wait_until_done(
-    process: subprocess.Popen[bytes], run: DaemonRun, done: Callable[[str], bool], timeout: float
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            run.problems.append(f"{run.module} exited early with status {process.returncode}")
-            return
-        try:
-            status, text = http_get(run.metrics_url, timeout=1.0)
-        except OSError:
-            status, text = 0, ""  # not listening yet
-        if status == 200 and done(text):
-            return
-        time.sleep(0.1)
-    run.problems.append(f"{run.module} did not reach the wanted state within {timeout:g}s")
-
-
-def _stop(process: subprocess.Popen[bytes], run: DaemonRun) -> None:
-    if process.poll() is not None:
-        run.exit_status = process.returncode
-        return
-    started = time.monotonic()
-    process.send_signal(signal.SIGTERM)
-    try:
-        run.exit_status = process.wait(timeout=STOP_TIMEOUT_SEC)
-        run.stop_sec = time.monotonic() - started
-    except subprocess.TimeoutExpired:
-        run.problems.append(f"{run.module} did not exit within {STOP_TIMEOUT_SEC:g}s of SIGTERM; killed")
-        process.kill()
-        process.wait()
 
 
 def run_proposer(redis_url: str) -> DaemonRun:

@@ -7,7 +7,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
 
@@ -41,7 +41,7 @@ def reconnect_backoff(settings: CommonSettings) -> ExponentialWithJitterBackoff:
 
 def connect(settings: CommonSettings, *, client_name: str, socket_timeout: float = SOCKET_TIMEOUT_SEC) -> RedisClient:
     """A client for the configured Redis. Nothing is sent until the first command."""
-    command_retry = Retry(ExponentialWithJitterBackoff(cap=settings.redis_backoff_max_sec, base=0.05), COMMAND_RETRIES)
+    command_retry = Retry(NoBackoff(), COMMAND_RETRIES)
     options: dict[str, Any] = {
         "socket_timeout": socket_timeout,
         "socket_connect_timeout": CONNECT_TIMEOUT_SEC,

@@ -89,13 +89,6 @@ def between(low: float, high: float) -> Check:
     return check
 
 
-def at_least(low: float) -> Check:
-    def check(value: float) -> str | None:
-        return None if value >= low else f"must be {low:g} or greater"
-
-    return check
-
-
 port = between(0, 65535)
 
 
