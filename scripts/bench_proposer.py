@@ -83,9 +83,7 @@ from microservices.allocation_target.metrics import ProposerMetrics
 from microservices.allocation_target.proposal import TARGET_FIELD, Proposal
 from microservices.allocation_target.proposer import (
     BATCH_SIZE,
-    EFFICIENCY_KEY,
     LIVE_KEY,
-    NO_FIELDS,
     PROPOSED_KEY,
     SCAN_COUNT,
     WRITE_SHADOW_HASH,
@@ -100,6 +98,7 @@ from microservices.core.efficiency import (
     EfficiencyReading,
     EffReason,
 )
+from microservices.core.efficiency_reads import EFFICIENCY_KEY, NO_FIELDS
 from microservices.core.redis_client import connect
 from microservices.core.settings import load_settings
 from microservices.devtools.redis_server import RedisServer

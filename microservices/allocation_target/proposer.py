@@ -31,14 +31,8 @@ from microservices.allocation_target.proposal import (
     symbols_from_live_keys,
 )
 from microservices.allocation_target.settings import ProposerSettings
-from microservices.core.efficiency import (
-    EFFICIENCY_FIELDS,
-    EFFICIENCY_KEY_PREFIX,
-    MISSING_READING,
-    EfficiencyReading,
-    EffReason,
-    classify_values,
-)
+from microservices.core.efficiency import EffReason
+from microservices.core.efficiency_reads import efficiency_readings, queue_efficiency_read
 from microservices.core.logs import LogThrottle
 from microservices.core.redis_client import RedisClient
 
@@ -49,9 +43,6 @@ SCAN_COUNT = 1000
 #: Key prefixes as bytes: symbols are bytes on the wire, and keys are built by concatenation.
 LIVE_KEY = LIVE_TARGET_PREFIX.encode()
 PROPOSED_KEY = PROPOSED_PREFIX.encode()
-EFFICIENCY_KEY = EFFICIENCY_KEY_PREFIX.encode()
-#: An ``HMGET`` reply that found none of the efficiency fields.
-NO_FIELDS = [None] * len(EFFICIENCY_FIELDS)
 #: The shadow hash and its TTL, written atomically (SPEC §2: never a key without its EXPIRE). A script rather than
 #: MULTI/EXEC: when HSET fails (a key of another type under that name) the script stops, so the EXPIRE never reaches a
 #: key that is not ours, and one key's failure is that key's alone. It touches one key, so it also runs in a cluster.
@@ -120,45 +111,23 @@ class Proposer:
     def read_and_decide(self, symbols: Sequence[str], now: float) -> list[Proposal | Skip]:
         """One pipelined round trip for the batch's live targets and efficiency hashes, then the pure decisions.
 
-        ``HGET`` of ``target_usd`` and ``HMGET`` of the efficiency fields per symbol; a second, small round trip of
-        ``EXISTS`` only for the symbols whose ``HMGET`` found none of the fields (absent key, or a hash without them).
+        ``HGET`` of ``target_usd`` and the efficiency read per symbol (plus, only where that found none of the
+        fields, one more round trip to tell an absent key from a hash without them).
         """
         raws = [encode(symbol) for symbol in symbols]
         pipe = self._client.pipeline(transaction=False)
         for raw in raws:
             pipe.hget(LIVE_KEY + raw, TARGET_FIELD)
-            pipe.hmget(EFFICIENCY_KEY + raw, EFFICIENCY_FIELDS)
+            queue_efficiency_read(pipe, raw)
         replies = pipe.execute(raise_on_error=False)
-        targets, values = replies[0::2], replies[1::2]
-        absent = self._absent_efficiency(raws, values)
+        readings = efficiency_readings(self._client, raws, replies[1::2], now, self._policy)
         decisions: list[Proposal | Skip] = []
-        for i, symbol in enumerate(symbols):
-            target, eff = targets[i], values[i]
+        for symbol, target, reading in zip(symbols, replies[0::2], readings, strict=True):
             if isinstance(target, Exception):
                 decisions.append(Skip(symbol, SkipReason.REDIS_ERROR, f"reading {TARGET_FIELD} failed: {target}"))
-                continue
-            if isinstance(eff, Exception):
-                reading = EfficiencyReading.redis_error(f"reading the efficiency hash failed: {eff}")
             else:
-                reading = absent.get(i) or classify_values(eff, now, self._policy)
-            decisions.append(decide(symbol, target, reading, self._params, now))
+                decisions.append(decide(symbol, target, reading, self._params, now))
         return decisions
-
-    def _absent_efficiency(self, raws: Sequence[bytes], values: Sequence[object]) -> dict[int, EfficiencyReading]:
-        """The readings of the batch's efficiency keys that turn out absent (or whose ``EXISTS`` failed), by index."""
-        unknown = [i for i, reply in enumerate(values) if reply == NO_FIELDS]
-        if not unknown:
-            return {}
-        pipe = self._client.pipeline(transaction=False)
-        for i in unknown:
-            pipe.exists(EFFICIENCY_KEY + raws[i])
-        readings: dict[int, EfficiencyReading] = {}
-        for i, exists in zip(unknown, pipe.execute(raise_on_error=False), strict=True):
-            if isinstance(exists, Exception):
-                readings[i] = EfficiencyReading.redis_error(f"checking the efficiency key failed: {exists}")
-            elif not exists:
-                readings[i] = MISSING_READING
-        return readings
 
     def write(self, proposals: Sequence[Proposal]) -> dict[str, Skip]:
         """Write the batch's proposals; the symbols whose shadow hash could not be written, with why.

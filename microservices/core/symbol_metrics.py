@@ -47,3 +47,31 @@ class SymbolSeries:
                 else:
                     gauge.labels(label).set(value)
         self._exported = chosen
+
+
+class RecentSymbols:
+    """Which symbols get per-symbol series when symbols arrive one event at a time (the governor's plans).
+
+    A symbol is admitted while fewer than ``max_symbols`` are tracked; a symbol not seen for ``idle_sec`` has gone
+    away: :meth:`expire` returns it (for its series to be removed) and frees its place.
+    """
+
+    def __init__(self, max_symbols: int, idle_sec: float) -> None:
+        self._max = max_symbols
+        self._idle = idle_sec
+        self._last_seen: dict[str, float] = {}
+
+    def admit(self, symbol: str, now: float) -> bool:
+        if symbol in self._last_seen or len(self._last_seen) < self._max:
+            self._last_seen[symbol] = now
+            return True
+        return False
+
+    def expire(self, now: float) -> list[str]:
+        gone = [symbol for symbol, seen in self._last_seen.items() if now - seen > self._idle]
+        for symbol in gone:
+            del self._last_seen[symbol]
+        return gone
+
+    def __len__(self) -> int:
+        return len(self._last_seen)

@@ -1,0 +1,46 @@
+"""``python -m microservices.governor``: the plan governor daemon."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from prometheus_client import CollectorRegistry
+
+from microservices.core.daemon import DaemonArgs, Service, run_daemon
+from microservices.core.http_server import HealthState
+from microservices.core.redis_client import connect
+from microservices.governor.consumer import Governor
+from microservices.governor.metrics import GovernorMetrics
+from microservices.governor.settings import HEALTH_MAX_AGE_SEC, GovernorSettings
+
+PROG = "governor"
+
+
+def build(settings: GovernorSettings, args: DaemonArgs) -> Service:
+    client = connect(settings, client_name=PROG, socket_timeout=settings.socket_timeout_sec)
+    metrics = GovernorMetrics(CollectorRegistry(), settings.mode, settings.metrics_max_symbols)
+    governor = Governor(client, settings, metrics)
+    return Service(
+        step=governor.drain if args.once else governor.poll,
+        ping=client.ping,
+        interval_sec=0.0,
+        health=HealthState(PROG, HEALTH_MAX_AGE_SEC),
+        registry=metrics.registry,
+        on_redis_error=lambda _exc: metrics.redis_errors.inc(),
+        close=client.close,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_daemon(
+        prog=PROG,
+        description="P3.1 Step 2: consume execution plans and write a permit, with a downsize hint, for each.",
+        settings_class=GovernorSettings,
+        build=build,
+        argv=argv,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

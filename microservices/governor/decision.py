@@ -1,0 +1,193 @@
+"""What the governor decides for one plan (SPEC §3), as a pure function over values: no Redis, no clock.
+
+:func:`decide` takes the parsed plan and everything read about it (its delivery count, whether an outcome is already
+recorded, the kill switch, the efficiency reading, the symbol's gate) and returns an :class:`Outcome` that carries its
+reason. The order of the checks is SPEC §3's, preceded by the two consumption rules: a plan whose outcome is already
+recorded is only acknowledged, and a plan delivered too often is a dead letter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum, StrEnum
+
+from microservices.core.efficiency import EfficiencyReading
+from microservices.governor.downsize import (
+    DISABLED_HINT,
+    DownsizeHint,
+    DownsizeParams,
+    downsize_hint,
+    reduce_only_hint,
+)
+from microservices.governor.gate import EMPTY_GATE, GateLimits, GateState, gate_block
+from microservices.governor.plan import EXECUTE, InvalidPlan, Plan
+from microservices.governor.settings import GovernorSettings, Mode
+
+
+class Event(StrEnum):
+    """The ``event`` field of the events stream: one per outcome."""
+
+    PERMIT = "permit"
+    BLOCK = "block"
+    SKIP = "skip"
+    DEAD_LETTER = "dead_letter"
+
+
+class Reason(StrEnum):
+    """The ``reason`` field of the events stream and of block records."""
+
+    PERMITTED = "permitted"
+    NOT_EXECUTE = "not_execute"
+    INVALID_PLAN = "invalid_plan"
+    MAX_DELIVERIES = "max_deliveries"
+    STALE_PLAN = "stale_plan"
+    KILL_SWITCH = "kill_switch"
+    KILL_SWITCH_REDUCE_ONLY = "kill_switch_reduce_only"
+    KILL_SCORE = "kill_score"
+    COOLDOWN = "cooldown"
+    RATE_LIMIT_5MIN = "rate_limit_5min"
+    RATE_LIMIT_HOUR = "rate_limit_hour"
+    #: Not an outcome: the plan's outcome was recorded before (a re-delivery or a republished plan_id).
+    ALREADY_DECIDED = "already_decided"
+
+
+BLOCK_REASONS = (
+    Reason.STALE_PLAN,
+    Reason.KILL_SWITCH,
+    Reason.KILL_SWITCH_REDUCE_ONLY,
+    Reason.KILL_SCORE,
+    Reason.COOLDOWN,
+    Reason.RATE_LIMIT_5MIN,
+    Reason.RATE_LIMIT_HOUR,
+)
+DEAD_LETTER_REASONS = (Reason.INVALID_PLAN, Reason.MAX_DELIVERIES)
+
+
+class KillSwitch(Enum):
+    """``quantum:kill``: ``1`` blocks every plan, ``reduce`` every non-reducing plan; anything else is disengaged."""
+
+    OFF = "off"
+    ALL = "1"
+    REDUCE_ONLY = "reduce"
+
+    @classmethod
+    def from_value(cls, raw: bytes | str | None) -> KillSwitch:
+        value = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+        if value == cls.ALL.value:
+            return cls.ALL
+        if value == cls.REDUCE_ONLY.value:
+            return cls.REDUCE_ONLY
+        return cls.OFF
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The settings :func:`decide` reads, gathered once at start-up."""
+
+    mode: Mode
+    max_deliveries: int
+    plan_max_age_sec: float
+    kill_score_critical: float
+    gate: GateLimits
+    downsize: DownsizeParams
+
+    @classmethod
+    def from_settings(cls, s: GovernorSettings) -> Policy:
+        return cls(
+            mode=s.mode,
+            max_deliveries=s.max_deliveries,
+            plan_max_age_sec=s.plan_max_age_sec,
+            kill_score_critical=s.kill_score_critical,
+            gate=GateLimits(
+                cooldown_sec=s.symbol_cooldown_sec,
+                max_per_5min=s.max_exec_per_5min,
+                max_per_hour=s.max_exec_per_hour,
+                apply_extra_cooldown=s.mode == "enforce",
+            ),
+            downsize=DownsizeParams(s.downsize_threshold, s.min_factor, s.max_extra_cooldown_sec),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What was read about one plan, at time ``now`` (epoch seconds)."""
+
+    now: float
+    deliveries: int = 1
+    #: Why the plan's outcome counts as recorded already ("permit exists", ...), or None.
+    recorded: str | None = None
+    kill_switch: KillSwitch = KillSwitch.OFF
+    #: None in ``off`` mode, where nothing is read.
+    reading: EfficiencyReading | None = None
+    gate: GateState = EMPTY_GATE
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A decision and its reason. ``event`` is None when the plan is only acknowledged (its outcome was recorded
+    before). A permit carries its hint and quantities, and, for a non-reducing plan, the symbol's gate after it."""
+
+    event: Event | None
+    reason: Reason
+    detail: str = ""
+    hint: DownsizeHint | None = None
+    computed_qty: float = 0.0
+    computed_notional: float = 0.0
+    gate_after: GateState | None = None
+
+
+def _block(reason: Reason, detail: str) -> Outcome:
+    return Outcome(Event.BLOCK, reason, detail)
+
+
+def hint_for(plan: Plan, reading: EfficiencyReading | None, policy: Policy) -> DownsizeHint:
+    """The P3.1 fields of a permit: neutral in ``off`` mode and for reducing plans, else the downsize formula."""
+    if policy.mode == "off":
+        return DISABLED_HINT
+    if plan.reducing:
+        return reduce_only_hint(reading)
+    if reading is None:
+        raise ValueError("an efficiency reading is needed outside off mode")
+    return downsize_hint(reading, policy.downsize)
+
+
+def decide(plan: Plan | InvalidPlan, facts: Facts, policy: Policy) -> Outcome:
+    if facts.recorded is not None and isinstance(plan, Plan):
+        return Outcome(None, Reason.ALREADY_DECIDED, facts.recorded)
+    if facts.deliveries > policy.max_deliveries:
+        return Outcome(
+            Event.DEAD_LETTER,
+            Reason.MAX_DELIVERIES,
+            f"delivered {facts.deliveries} times, more than {policy.max_deliveries}",
+        )
+    if isinstance(plan, InvalidPlan):  # 1
+        return Outcome(Event.DEAD_LETTER, Reason.INVALID_PLAN, plan.detail)
+    if plan.decision != EXECUTE:  # 2
+        return Outcome(Event.SKIP, Reason.NOT_EXECUTE, f"decision {plan.decision!r}")
+    # 3 (a permit that exists) is facts.recorded, checked first.
+    age = facts.now - plan.published_at
+    if age > policy.plan_max_age_sec:  # 4
+        return _block(Reason.STALE_PLAN, f"published {age:.0f}s ago > {policy.plan_max_age_sec:g}s")
+    if facts.kill_switch is KillSwitch.ALL:  # 5
+        return _block(Reason.KILL_SWITCH, "quantum:kill is 1")
+    reducing = plan.reducing
+    if facts.kill_switch is KillSwitch.REDUCE_ONLY and not reducing:
+        return _block(Reason.KILL_SWITCH_REDUCE_ONLY, "quantum:kill is reduce")
+    hint = hint_for(plan, facts.reading, policy)
+    gate_after = None
+    if not reducing:  # 6
+        if plan.kill_score is not None and plan.kill_score >= policy.kill_score_critical:
+            return _block(Reason.KILL_SCORE, f"kill_score {plan.kill_score:g} >= {policy.kill_score_critical:g}")
+        held = gate_block(facts.gate, policy.gate, facts.now)
+        if held is not None:
+            return _block(Reason(held), f"symbol {plan.symbol} gate: {held}")
+        gate_after = facts.gate.after_permit(facts.now, hint.extra_cooldown_sec)
+    scale = hint.factor if policy.mode == "enforce" else 1.0
+    return Outcome(  # 7
+        Event.PERMIT,
+        Reason.PERMITTED,
+        hint=hint,
+        computed_qty=plan.qty * scale,
+        computed_notional=plan.notional * scale,
+        gate_after=gate_after,
+    )

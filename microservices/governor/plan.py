@@ -1,0 +1,140 @@
+"""An execution plan as read from the plans stream (SPEC §3), parsed once into a value with no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from microservices.core.numbers import parse_float, show_raw
+
+EXECUTE = "EXECUTE"
+#: Longest accepted ``plan_id`` and ``symbol``: both become parts of Redis key names.
+MAX_ID_LENGTH = 128
+#: Actions that reduce a position; ``PARTIAL_*`` and ``CLOSE*`` do too (matched exactly, upper case).
+FULL_CLOSE = "FULL_CLOSE_PROPOSED"
+REDUCING_PREFIXES = ("PARTIAL_", "CLOSE")
+TRUE_FLAGS = ("true", "1")
+
+#: A stream entry's fields as redis-py returns them (bytes) or as a test builds them (str).
+EntryFields = Mapping[bytes, bytes] | Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A well-formed plan. ``entry_id`` is the stream entry id; its time part is when the plan was published."""
+
+    entry_id: str
+    plan_id: str
+    symbol: str
+    action: str
+    decision: str
+    side: str
+    qty: float
+    notional: float
+    reduce_only: bool
+    kill_score: float | None
+    fields: Mapping[str, str]
+
+    @property
+    def reducing(self) -> bool:
+        return is_reducing(self.action, self.reduce_only)
+
+    @property
+    def published_at(self) -> float:
+        return entry_time(self.entry_id)
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidPlan:
+    """A plan that cannot be decided (SPEC §3 step 1): a dead letter with reason ``invalid_plan``."""
+
+    entry_id: str
+    fields: Mapping[str, str]
+    detail: str
+
+    @property
+    def plan_id(self) -> str:
+        return self.fields.get("plan_id", "")
+
+    @property
+    def symbol(self) -> str:
+        return self.fields.get("symbol", "")
+
+
+def entry_time(entry_id: str) -> float:
+    """Epoch seconds of a stream entry id (``<ms>-<seq>``)."""
+    return int(entry_id.partition("-")[0]) / 1000.0
+
+
+def is_reducing(action: str, reduce_only: bool) -> bool:
+    return reduce_only or action == FULL_CLOSE or action.startswith(REDUCING_PREFIXES)
+
+
+def _text(fields: EntryFields) -> dict[str, str] | str:
+    """The fields as text, or what is wrong with them."""
+    out: dict[str, str] = {}
+    for key, value in fields.items():
+        try:
+            k = key.decode() if isinstance(key, bytes) else key
+            v = value.decode() if isinstance(value, bytes) else value
+        except UnicodeDecodeError:
+            return f"field {show_raw(key)} is not UTF-8 text"
+        out[k] = v
+    return out
+
+
+def _identifier_problem(name: str, value: str | None) -> str | None:
+    if value is None or value == "":
+        return f"{name} missing"
+    if len(value) > MAX_ID_LENGTH:
+        return f"{name} longer than {MAX_ID_LENGTH} characters"
+    if any(c.isspace() or not c.isprintable() for c in value):
+        return f"{name} {show_raw(value)} holds white space or control characters"
+    return None
+
+
+def _number(fields: Mapping[str, str], name: str) -> tuple[float | None, str | None]:
+    """A numeric field: (value, None), (None, None) when absent, or (None, problem) when present but not a number."""
+    raw = fields.get(name)
+    if raw is None or raw == "":
+        return None, None
+    value = parse_float(raw)
+    if value is None:
+        return None, f"{name} {show_raw(raw)} is not a finite number"
+    return value, None
+
+
+def parse_plan(entry_id: str, fields: EntryFields) -> Plan | InvalidPlan:
+    """Parse one stream entry. Missing or malformed ``plan_id``/``symbol`` (SPEC §3 step 1), and a numeric field that
+    is present but not a finite number, make the plan invalid: a wrong number is never guessed into a permit."""
+    text = _text(fields)
+    if isinstance(text, str):
+        lenient = {
+            (k.decode("utf-8", "replace") if isinstance(k, bytes) else k): (
+                v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+            )
+            for k, v in fields.items()
+        }
+        return InvalidPlan(entry_id, lenient, text)
+    for name in ("plan_id", "symbol"):
+        problem = _identifier_problem(name, text.get(name))
+        if problem is not None:
+            return InvalidPlan(entry_id, text, problem)
+    numbers: dict[str, float | None] = {}
+    for name in ("qty", "notional", "kill_score"):
+        numbers[name], problem = _number(text, name)
+        if problem is not None:
+            return InvalidPlan(entry_id, text, problem)
+    return Plan(
+        entry_id=entry_id,
+        plan_id=text["plan_id"],
+        symbol=text["symbol"],
+        action=text.get("action", ""),
+        decision=text.get("decision", ""),
+        side=text.get("side", ""),
+        qty=numbers["qty"] or 0.0,
+        notional=numbers["notional"] or 0.0,
+        reduce_only=text.get("reduceOnly", "").lower() in TRUE_FLAGS,
+        kill_score=numbers["kill_score"],
+        fields=text,
+    )

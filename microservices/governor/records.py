@@ -1,0 +1,107 @@
+"""What the governor writes for an outcome (SPEC §3), built as plain values: key names, permit and block JSON, the
+event entry, the dead-letter entry and the outcome marker."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from microservices.governor.decision import Event, Outcome
+from microservices.governor.downsize import DownsizeHint
+from microservices.governor.plan import EXECUTE, InvalidPlan, Plan
+
+PERMIT_KEY_PREFIX = "quantum:permit:"
+BLOCK_KEY_PREFIX = "quantum:governor:block:"
+#: ``{plan_id}`` -> the outcome already recorded for that plan: what makes a re-delivered or republished plan an
+#: acknowledgement only, for every kind of outcome (a permit key alone expires after PERMIT_TTL_SEC, and a skip or a
+#: dead letter leaves no key of its own).
+OUTCOME_KEY_PREFIX = "quantum:governor:outcome:"
+KILL_SWITCH_KEY = "quantum:kill"
+EVENTS_STREAM = "quantum:stream:governor.events"
+BLOCK_TTL_SEC = 3600
+OUTCOME_TTL_SEC = 3600
+
+
+def permit_key(plan_id: str) -> str:
+    return PERMIT_KEY_PREFIX + plan_id
+
+
+def block_key(plan_id: str) -> str:
+    return BLOCK_KEY_PREFIX + plan_id
+
+
+def outcome_key(plan_id: str) -> str:
+    return OUTCOME_KEY_PREFIX + plan_id
+
+
+def hint_fields(hint: DownsizeHint) -> dict[str, str]:
+    """The P3.1 fields of a permit, all strings."""
+    reading = hint.reading
+    score = reading.score if reading is not None else None
+    confidence = reading.confidence if reading is not None else None
+    factor = f"{hint.factor:.4f}"
+    return {
+        "eff_score": f"{score:.4f}" if score is not None else "",
+        "eff_confidence": f"{confidence:.3f}" if confidence is not None else "",
+        "eff_stale": reading.stale_flag if reading is not None else "0",
+        "eff_factor": factor,
+        "eff_action": hint.action.value,
+        "eff_reason": hint.reason,
+        "downsize_factor": factor,
+        "extra_cooldown_sec": str(hint.extra_cooldown_sec),
+    }
+
+
+def permit_json(plan: Plan, outcome: Outcome, now: float) -> str:
+    if outcome.event is not Event.PERMIT or outcome.hint is None:
+        raise ValueError(f"not a permit: {outcome}")
+    permit: dict[str, Any] = {
+        "granted": True,
+        "plan_id": plan.plan_id,
+        "symbol": plan.symbol,
+        "decision": EXECUTE,
+        "action": plan.action,
+        "computed_qty": outcome.computed_qty,
+        "computed_notional": outcome.computed_notional,
+        "created_at": now,
+        "consumed": False,
+        **hint_fields(outcome.hint),
+    }
+    return json.dumps(permit, separators=(",", ":"), ensure_ascii=False)
+
+
+def block_json(plan: Plan, outcome: Outcome, now: float) -> str:
+    record = {"reason": outcome.reason.value, "timestamp": now, "symbol": plan.symbol, "plan_id": plan.plan_id}
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+
+
+def event_fields(plan: Plan | InvalidPlan, outcome: Outcome, now: float) -> dict[str, str]:
+    if outcome.event is None:
+        raise ValueError("an acknowledgement only has no event")
+    return {
+        "event": outcome.event.value,
+        "plan_id": plan.plan_id,
+        "symbol": plan.symbol,
+        "reason": outcome.reason.value,
+        "ts": f"{now:.3f}",
+    }
+
+
+def outcome_marker(plan: Plan, outcome: Outcome, now: float) -> str:
+    if outcome.event is None:
+        raise ValueError("an acknowledgement only records nothing")
+    marker = {"event": outcome.event.value, "reason": outcome.reason.value, "entry_id": plan.entry_id, "ts": now}
+    return json.dumps(marker, separators=(",", ":"), ensure_ascii=False)
+
+
+def dead_letter_fields(
+    original: Mapping[bytes, bytes], outcome: Outcome, source_id: str, deliveries: int
+) -> dict[bytes, bytes]:
+    """The plan's original fields, byte for byte, plus ``reason``, ``source_id`` and ``deliveries`` (which win over
+    original fields of the same names; the entry must say why it is here)."""
+    fields = dict(original)
+    fields[b"reason"] = outcome.reason.value.encode()
+    fields[b"source_id"] = source_id.encode()
+    fields[b"deliveries"] = str(deliveries).encode()
+    return fields
