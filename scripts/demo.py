@@ -1,9 +1,19 @@
-"""``make demo``: the shadow allocation proposer (SPEC §2) run for real against a throwaway Redis.
+"""``make demo``: both daemons run for real against one throwaway Redis, Step 1 then Step 2.
 
-It seeds about twenty symbols whose efficiency hashes between them hit every reason of SPEC §1, runs the real daemon
-(``python -m microservices.allocation_target``) as a subprocess for a few loops, reads back the shadow hashes it wrote,
-prints them as a table with the daemon's /metrics, /healthz and log lines, and checks its own outcome: every symbol must
-come out with the reason it was seeded for, else the demo prints FAIL and exits 1.
+Step 1, the shadow allocation proposer (SPEC §1, §2): it seeds some twenty-five symbols whose efficiency hashes
+between them hit every reason of SPEC §1, runs the real daemon (``python -m microservices.allocation_target``) as a
+subprocess for a few loops, reads back the shadow hashes it wrote and prints them as a table with the daemon's /metrics,
+/healthz and log lines.
+
+Step 2, the governor (SPEC §3), on the same Redis and so on the same efficiency hashes: it publishes plans to
+``quantum:stream:apply.plan`` that between them hit a downsize (score 0.2 and 0.0), no downsize (score 0.9), each
+fail-open reason, reducing plans, a cooldown, a kill score, a stale plan, a skip, a dead letter and plan_ids published
+twice; runs the real daemon (``python -m microservices.governor``) until the consumer group is drained, reads back the
+permits, block records, events and dead letters, and prints them as a table with /metrics, /healthz and log lines.
+
+Each step checks its own outcome against the SPEC: every symbol and every plan must come out as it was seeded for,
+with the exact multiplier, factor and extra cooldown, one event per decided plan and none for a duplicate; else the demo
+prints FAIL and exits 1.
 
 Only the standard library, redis-py and this package are used; the shared Redis on port 6379 is never touched.
 """
@@ -33,6 +43,8 @@ from microservices.allocation_target.settings import DEFAULT_STREAM
 from microservices.core.efficiency import EFFICIENCY_KEY_PREFIX
 from microservices.devtools.daemon_process import DaemonFailedError, DaemonProcess, http_get, metric_value
 from microservices.devtools.redis_server import RedisServer
+from microservices.governor.records import EVENTS_STREAM, block_key, outcome_key, permit_key
+from microservices.governor.settings import DEFAULT_PLANS_STREAM
 
 ROOT = Path(__file__).resolve().parent.parent
 PROPOSER_MODULE = "microservices.allocation_target"
@@ -99,6 +111,9 @@ def proposer_cases(now: float) -> list[Case]:
         Case("SOLUSDT", "5000", _eff("0.5", "0.9", ts=ts), "ok", "score exactly 0.5", 1.0, fresh),
         Case("BNBUSDT", "4000", _eff("1.0", "0.95", ts=ts), "ok", "score 1.0: top of the clamp", 1.5, fresh),
         Case("XRPUSDT", "3000", _eff("0.0", "0.9", ts=ts), "ok", "score 0.0: bottom of the clamp", 0.5, fresh),
+        Case(
+            "LDOUSDT", "1000", _eff("0.2", "0.9", ts=ts), "ok", "score 0.2 (the governor's DOWNSIZE case)", 0.7, fresh
+        ),
         Case("INJUSDT", "1500", _eff("0.7", "0.65", ts=ts), "ok", "confidence exactly P31_MIN_CONF", 1.2, fresh),
         Case("UNIUSDT", "1200", _eff("0.6", "0.9", ts=f"{now + 30:.0f}"), "ok", "ts 30 s ahead (< 60)", 1.1, now + 30),
         Case("NEARUSDT", "2500", _eff("0.8", "0.9", ts=str(int(fresh * 1000))), "ok", "ts in milliseconds", 1.3, fresh),
@@ -402,7 +417,7 @@ def check_proposer(
     return failures
 
 
-# --- the demo -------------------------------------------------------------------------------------------------------
+# --- Step 1 as the demo runs it -------------------------------------------------------------------------------------
 
 
 def proposer_section(server: RedisServer) -> list[str]:
@@ -428,18 +443,476 @@ def proposer_section(server: RedisServer) -> list[str]:
     return check_proposer(cases, proposals, run, live_before, live_after)
 
 
+# --- Step 2: the governor -------------------------------------------------------------------------------------------
+
+GOVERNOR_MODULE = "microservices.governor"
+GOVERNOR_CONSUMER = "demo-governor"
+GOVERNOR_GROUP = "governor"
+DEAD_LETTER_STREAM = DEFAULT_PLANS_STREAM + ".dlq"
+GOVERNOR_METRICS = (
+    "p32_eff_apply_total",
+    "quantum_govern_outcomes_total",
+    "quantum_govern_dead_letter_total",
+    "quantum_govern_already_decided_total",
+    "quantum_govern_pending",
+    "quantum_govern_lag",
+)
+#: The outcomes as the governor's table names them; "acknowledged only" has no event (SPEC §3 step 3).
+PERMIT, BLOCK, SKIP, DEAD_LETTER, ACK_ONLY = "permit", "block", "skip", "dead letter", "acknowledged only"
+#: The ``event`` field of quantum:stream:governor.events for each outcome.
+EVENT_OF = {PERMIT: "permit", BLOCK: "block", SKIP: "skip", DEAD_LETTER: "dead_letter"}
+#: How long a stale plan was published before the governor reads it (GOV_PLAN_MAX_AGE_SEC is 120).
+STALE_PLAN_AGE_SEC = 600.0
+
+
+@dataclass(frozen=True)
+class PlanCase:
+    """One plan published to the plans stream and the outcome SPEC §3 gives it with the seeded efficiency hashes."""
+
+    fields: Mapping[str, str]
+    outcome: str
+    #: ``eff_reason`` for a permit; the block, skip or dead-letter reason otherwise; "" for an acknowledgement only.
+    reason: str
+    note: str
+    eff_action: str | None = None
+    factor: str | None = None
+    extra_cooldown: str | None = None
+    #: Published with an explicit stream id this many seconds in the past (a stale plan); None: ``*``.
+    age_sec: float | None = None
+    #: Published only once the governor has decided every earlier plan (a plan_id republished later).
+    late: bool = False
+
+    @property
+    def plan_id(self) -> str:
+        return self.fields.get("plan_id", "")
+
+    @property
+    def symbol(self) -> str:
+        return self.fields.get("symbol", "")
+
+    @property
+    def decided(self) -> bool:
+        """True when the plan must end with an outcome of its own, and so exactly one event."""
+        return self.outcome != ACK_ONLY
+
+
+def _plan(
+    plan_id: str | None,
+    symbol: str,
+    action: str = "OPEN_LONG",
+    *,
+    qty: str = "1.5",
+    decision: str = "EXECUTE",
+    reduce_only: str = "false",
+    kill_score: str = "0.10",
+) -> dict[str, str]:
+    fields = {
+        "plan_id": plan_id,
+        "symbol": symbol,
+        "action": action,
+        "decision": decision,
+        "side": "SELL" if reduce_only == "true" or action.startswith("CLOSE") else "BUY",
+        "qty": qty,
+        "reduceOnly": reduce_only,
+        "kill_score": kill_score,
+    }
+    return {name: value for name, value in fields.items() if value is not None}
+
+
+#: The hint fields of a permit that is not downsized: eff_action, factor, extra cooldown.
+NEUTRAL = ("NONE", "1.0000", "0")
+
+
+def _permit(fields: Mapping[str, str], hint: tuple[str, str, str], eff_reason: str, note: str) -> PlanCase:
+    eff_action, factor, extra_cooldown = hint
+    return PlanCase(fields, PERMIT, eff_reason, note, eff_action, factor, extra_cooldown)
+
+
+def governor_cases() -> list[PlanCase]:
+    """The demo's plans, in stream order, over the symbols the proposer section seeded."""
+    downsize = _plan("plan-ldo-open", "LDOUSDT", qty="2.0")
+    full = _plan("plan-btc-open", "BTCUSDT")
+    return [
+        PlanCase(_plan("plan-sol-old", "SOLUSDT"), BLOCK, "stale_plan", "published 600 s ago", age_sec=600),
+        _permit(downsize, ("DOWNSIZE", "0.4444", "96"), "ok", "score 0.2"),
+        _permit(_plan("plan-xrp-open", "XRPUSDT"), ("DOWNSIZE", "0.2500", "120"), "ok", "score 0.0: factor floor"),
+        _permit(full, NEUTRAL, "ok", "score 0.9, above 0.45"),
+        _permit(_plan("plan-ada-open", "ADAUSDT"), NEUTRAL, "missing_eff", "fail-open: no efficiency hash"),
+        _permit(_plan("plan-trx-open", "TRXUSDT"), NEUTRAL, "stale_eff", "fail-open: score 1 h old"),
+        _permit(_plan("plan-atom-open", "ATOMUSDT"), NEUTRAL, "low_conf", "fail-open: confidence 0.4"),
+        _permit(_plan("plan-op-open", "OPUSDT"), NEUTRAL, "redis_error", "fail-open: efficiency key WRONGTYPE"),
+        _permit(
+            _plan("plan-xrp-close", "XRPUSDT", "CLOSE_LONG"), NEUTRAL, "reduce_only", "CLOSE*: score 0.0, in cooldown"
+        ),
+        _permit(
+            _plan("plan-eth-reduce", "ETHUSDT", "OPEN_SHORT", reduce_only="true"),
+            NEUTRAL,
+            "reduce_only",
+            "reduceOnly=true: score 0.3",
+        ),
+        PlanCase(_plan("plan-btc-again", "BTCUSDT"), BLOCK, "cooldown", "2nd plan on BTCUSDT within 60 s"),
+        PlanCase(_plan("plan-sol-kill", "SOLUSDT", kill_score="0.90"), BLOCK, "kill_score", "kill_score 0.9 >= 0.8"),
+        PlanCase(_plan("plan-near-hold", "NEARUSDT", decision="HOLD"), SKIP, "not_execute", "decision HOLD"),
+        PlanCase(_plan(None, "BNBUSDT"), DEAD_LETTER, "invalid_plan", "no plan_id"),
+        PlanCase({**downsize, "qty": "9.0"}, ACK_ONLY, "", "same plan_id again, same batch"),
+        PlanCase({**full, "qty": "9.0"}, ACK_ONLY, "", "same plan_id again, after its permit", late=True),
+    ]
+
+
+def publish_plans(client: redis.Redis, cases: Sequence[PlanCase], now: float) -> list[str]:
+    """XADD each case to the plans stream, in order; returns the stream ids."""
+    pipe = client.pipeline(transaction=False)
+    for case in cases:
+        entry_id = "*" if case.age_sec is None else f"{int((now - case.age_sec) * 1000)}-0"
+        fields: dict[EncodableT, EncodableT] = {name: value for name, value in case.fields.items()}
+        pipe.xadd(DEFAULT_PLANS_STREAM, fields, id=entry_id)
+    return [_text(entry_id) for entry_id in pipe.execute()]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _fields(raw: Mapping[bytes, bytes]) -> dict[str, str]:
+    return {_text(name): _text(value) for name, value in raw.items()}
+
+
+def metric_total(metrics_text: str, name: str) -> float:
+    """The sum of every series of a metric (0 when there is none)."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metric_lines(metrics_text, [name]))
+
+
+def group_backlog(client: redis.Redis) -> tuple[int | None, int | None]:
+    """The governor group's pending and lag counts from XINFO GROUPS (None: no such group, or no lag reported)."""
+    try:
+        groups = client.xinfo_groups(DEFAULT_PLANS_STREAM)
+    except redis.ResponseError:  # no stream yet
+        return None, None
+    for group in groups:
+        if _text(group["name"]) == GOVERNOR_GROUP:
+            lag = group.get("lag")
+            return int(group["pending"]), None if lag is None else int(lag)
+    return None, None
+
+
+def run_governor(server: RedisServer, cases: Sequence[PlanCase], entry_ids: list[str]) -> DaemonRun:
+    """The real governor daemon, until every plan published so far is decided and acknowledged; then the late plans
+    are published, and it runs until those are too. ``entry_ids`` gets the late plans' stream ids."""
+    late = [case for case in cases if case.late]
+    client = server.client()
+    late_published = not late
+
+    def all_decided(metrics_text: str) -> bool:
+        nonlocal late_published
+        wanted = [case for case in cases if late_published or not case.late]
+        events = metric_total(metrics_text, "quantum_govern_outcomes_total")
+        acks = metric_value(metrics_text, "quantum_govern_already_decided_total") or 0
+        if events < sum(1 for case in wanted if case.decided) or acks < sum(1 for case in wanted if not case.decided):
+            return False
+        if group_backlog(client) not in {(0, 0), (0, None)}:
+            return False
+        if not late_published:
+            entry_ids.extend(publish_plans(client, late, time.time()))
+            late_published = True
+            return False
+        return True
+
+    env = {"GOV_CONSUMER": GOVERNOR_CONSUMER, "GOV_GROUP": GOVERNOR_GROUP, "P31_GOV_MODE": "hint"}
+    try:
+        return run_daemon(GOVERNOR_MODULE, server.url, all_decided, env)
+    finally:
+        client.close()
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    """What Redis shows for one published plan after the governor ran."""
+
+    case: PlanCase
+    entry_id: str
+    permit: dict[str, object] | None
+    block: dict[str, object] | None
+    #: The events of this plan_id (for a plan without one: the dead-letter events without a plan_id).
+    events: list[dict[str, str]]
+    #: The dead-letter entries whose source_id is this entry.
+    dead_letters: list[dict[str, str]]
+    #: The entry the outcome marker names as decided, when the plan_id has one.
+    decided_entry: str | None
+    pending: bool
+
+    @property
+    def outcome(self) -> str:
+        return self._shown()[0]
+
+    @property
+    def reason(self) -> str:
+        return self._shown()[1]
+
+    def _shown(self) -> tuple[str, str]:
+        """The outcome and reason the table shows, read off what Redis holds for this entry."""
+        if self.pending:
+            return "pending (undecided)", "-"
+        if self.dead_letters:
+            return DEAD_LETTER, self.dead_letters[0].get("reason", "-")
+        if self.decided_entry is not None and self.decided_entry != self.entry_id:
+            return ACK_ONLY, f"plan_id decided at {self.decided_entry}"
+        if not self.events:
+            return "no outcome", "-"
+        event, reason = self.events[0].get("event", ""), self.events[0].get("reason", "-")
+        if event == EVENT_OF[PERMIT]:
+            return PERMIT, str(self.permit.get("eff_reason", "-")) if self.permit is not None else "permit key missing"
+        if event == EVENT_OF[BLOCK]:
+            return BLOCK, str(self.block.get("reason", "-")) if self.block is not None else "block key missing"
+        if event == EVENT_OF[SKIP]:
+            return SKIP, reason
+        return f"event {event!r}", reason
+
+
+def _json(raw: bytes | None) -> dict[str, object] | None:
+    return cast(dict[str, object], json.loads(raw)) if raw is not None else None
+
+
+def read_governor_results(
+    client: redis.Redis, cases: Sequence[PlanCase], entry_ids: Sequence[str]
+) -> tuple[list[PlanResult], list[dict[str, str]]]:
+    """Each plan's permit, block record, events and dead letters as Redis holds them; and every event."""
+    events = [_fields(f) for _, f in cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(EVENTS_STREAM))]
+    dlq = [
+        {**_fields(f), "_id": _text(i)}
+        for i, f in cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(DEAD_LETTER_STREAM))
+    ]
+    pending_rows = client.xpending_range(DEFAULT_PLANS_STREAM, GOVERNOR_GROUP, "-", "+", 1000)
+    pending = {_text(cast(bytes, row["message_id"])) for row in pending_rows}
+    results: list[PlanResult] = []
+    for case, entry_id in zip(cases, entry_ids, strict=True):
+        plan_id = case.plan_id
+        permit = block = marker = None
+        if plan_id:
+            pipe = client.pipeline(transaction=False)
+            pipe.get(permit_key(plan_id))
+            pipe.get(block_key(plan_id))
+            pipe.get(outcome_key(plan_id))
+            permit, block, marker = (_json(cast(bytes | None, raw)) for raw in pipe.execute())
+            mine = [e for e in events if e.get("plan_id") == plan_id]
+        else:
+            mine = [e for e in events if not e.get("plan_id") and e.get("event") == EVENT_OF[DEAD_LETTER]]
+        dead = [d for d in dlq if d.get("source_id") == entry_id]
+        decided_entry = str(marker["entry_id"]) if marker is not None else None
+        results.append(PlanResult(case, entry_id, permit, block, mine, dead, decided_entry, entry_id in pending))
+    return results, events
+
+
+def _permit_cell(result: PlanResult, name: str) -> str:
+    if result.outcome != PERMIT or result.permit is None:
+        return "-"
+    return _cell(str(result.permit.get(name, "")))
+
+
+def print_governor_table(results: Sequence[PlanResult]) -> None:
+    rows = [
+        [
+            _cell(r.case.plan_id) if r.case.plan_id else "(none)",
+            _cell(r.case.symbol),
+            _cell(r.case.fields.get("decision")),
+            _cell(r.case.fields.get("action")) + (" +reduceOnly" if r.case.fields.get("reduceOnly") == "true" else ""),
+            r.outcome,
+            _permit_cell(r, "eff_action"),
+            _permit_cell(r, "eff_factor"),
+            _permit_cell(r, "extra_cooldown_sec"),
+            r.reason,
+            r.case.note,
+        ]
+        for r in results
+    ]
+    headers = [
+        "plan_id",
+        "symbol",
+        "decision",
+        "action",
+        "outcome",
+        "eff_action",
+        "factor",
+        "extra cd",
+        "reason",
+        "case",
+    ]
+    print_table(headers, rows, right={6, 7})
+    print()
+    counts = Counter(r.outcome for r in results)
+    print("Plans per outcome:")
+    for outcome, count in sorted(counts.items()):
+        print(f"  {outcome:<24} {count}")
+
+
+# --- checking the governor ------------------------------------------------------------------------------------------
+
+
+def check_plan(result: PlanResult) -> list[str]:
+    """Every way one plan's outcome differs from what SPEC §3 gives it."""
+    case, failures = result.case, []
+    name = f"{case.plan_id or '(no plan_id)'} at {result.entry_id} ({case.note})"
+    if result.outcome != case.outcome or (case.decided and result.reason != case.reason):
+        return [f"{name}: {result.outcome} ({result.reason}), expected {case.outcome} ({case.reason})"]
+    if case.decided:
+        kinds = [e.get("event") for e in result.events]
+        if kinds != [EVENT_OF[case.outcome]]:
+            failures.append(f"{name}: events {kinds}, expected exactly one {EVENT_OF[case.outcome]!r}")
+    if case.outcome == PERMIT and result.permit is not None:
+        failures += _check_permit(name, case, result.permit)
+    elif case.outcome == BLOCK and result.block is not None:
+        record = (result.block.get("plan_id"), result.block.get("symbol"))
+        if record != (case.plan_id, case.symbol):
+            failures.append(f"{name}: block record names {record}, expected {(case.plan_id, case.symbol)}")
+        if result.events and result.events[0].get("reason") != case.reason:
+            failures.append(f"{name}: block event reason {result.events[0].get('reason')!r}, expected {case.reason!r}")
+    elif case.outcome == DEAD_LETTER:
+        failures += _check_dead_letter(name, result)
+    return failures
+
+
+def _check_permit(name: str, case: PlanCase, permit: Mapping[str, object]) -> list[str]:
+    failures: list[str] = []
+    wanted: dict[str, object] = {
+        "granted": True,
+        "consumed": False,
+        "decision": "EXECUTE",
+        "plan_id": case.plan_id,
+        "symbol": case.symbol,
+        "action": case.fields.get("action"),
+        "eff_action": case.eff_action,
+        "eff_factor": case.factor,
+        "downsize_factor": case.factor,
+        "extra_cooldown_sec": case.extra_cooldown,
+        "eff_reason": case.reason,
+        "eff_stale": "1" if case.reason == "stale_eff" else "0",
+        # hint mode: the plan's qty, unscaled
+        "computed_qty": float(case.fields["qty"]),
+    }
+    for field_name, value in wanted.items():
+        if permit.get(field_name) != value:
+            failures.append(f"{name}: permit {field_name} {permit.get(field_name)!r}, expected {value!r}")
+    return failures
+
+
+def _check_dead_letter(name: str, result: PlanResult) -> list[str]:
+    if len(result.dead_letters) != 1:
+        return [f"{name}: {len(result.dead_letters)} dead-letter entries with source_id {result.entry_id}, expected 1"]
+    entry = result.dead_letters[0]
+    failures = []
+    for field_name, value in {**result.case.fields, "reason": result.case.reason, "deliveries": "1"}.items():
+        if entry.get(field_name) != value:
+            failures.append(f"{name}: dead letter {field_name} {entry.get(field_name)!r}, expected {value!r}")
+    return failures
+
+
+def check_governor(
+    results: Sequence[PlanResult], events: Sequence[Mapping[str, str]], run: DaemonRun, backlog: tuple[object, object]
+) -> list[str]:
+    """Every way the governor's run differs from SPEC §3 for the published plans; empty when it matches."""
+    failures = check_daemon_run(run)
+    for result in results:
+        failures += check_plan(result)
+        if result.pending:
+            failures.append(f"{result.case.plan_id or result.entry_id}: still pending in group {GOVERNOR_GROUP}")
+    by_entry = {r.entry_id: r for r in results}
+    for result in results:
+        if result.case.decided:
+            continue
+        original = by_entry.get(result.decided_entry or "")
+        if original is None or original.case.plan_id != result.case.plan_id:
+            failures.append(f"{result.case.plan_id} at {result.entry_id}: decided entry {result.decided_entry!r}")
+            continue
+        if len(original.events) != 1:
+            failures.append(f"{result.case.plan_id}: {len(original.events)} events after the duplicate, expected 1")
+        # the republished plan rewrote nothing: the permit still carries the first plan's qty
+        qty = original.permit.get("computed_qty") if original.permit is not None else None
+        if qty != float(original.case.fields["qty"]):
+            failures.append(
+                f"{result.case.plan_id}: permit computed_qty {qty!r} after the duplicate, expected the first"
+            )
+    decided = [r for r in results if r.case.decided]
+    if len(events) != len(decided):
+        failures.append(f"{EVENTS_STREAM} holds {len(events)} events, expected {len(decided)} (one per decided plan)")
+    if backlog not in {(0, 0), (0, None)}:
+        failures.append(f"group {GOVERNOR_GROUP} pending/lag {backlog}, expected (0, 0)")
+    failures += _check_governor_metrics(results, run.metrics_text)
+    return failures
+
+
+def _check_governor_metrics(results: Sequence[PlanResult], text: str) -> list[str]:
+    cases = [r.case for r in results]
+    permits = Counter((c.eff_action, c.reason) for c in cases if c.outcome == PERMIT)
+    expected: dict[tuple[str, str], float] = {
+        ("quantum_govern_outcomes_total", ""): sum(1 for c in cases if c.decided),
+        ("p32_eff_apply_total", ""): sum(permits.values()),
+        ("quantum_govern_already_decided_total", ""): sum(1 for c in cases if not c.decided),
+        ("quantum_govern_dead_letter_total", 'reason="invalid_plan"'): sum(
+            1 for c in cases if c.outcome == DEAD_LETTER
+        ),
+        **{
+            ("p32_eff_apply_total", f'action="{action}",reason="{reason}"'): count
+            for (action, reason), count in permits.items()
+        },
+    }
+    failures = []
+    for (name, labels), value in expected.items():
+        got = metric_value(text, name, labels) if labels else metric_total(text, name)
+        if got != value:
+            series = f"{name}{{{labels}}}" if labels else f"sum of {name}"
+            failures.append(f"{series} is {got}, expected {value}")
+    return failures
+
+
+def governor_section(server: RedisServer) -> list[str]:
+    """Publish plans, run, print and check the governor, against the proposer's Redis; returns the failures."""
+    print("=== Step 2: governor (SPEC §3), on the efficiency hashes above ===")
+    cases = governor_cases()
+    early = [case for case in cases if not case.late]
+    late = [case for case in cases if case.late]
+    client = server.client()
+    try:
+        entry_ids = publish_plans(client, early, time.time())
+        print(f"published {len(early)} plans to {DEFAULT_PLANS_STREAM}; {len(late)} more once those are decided")
+        print(
+            f"running {GOVERNOR_MODULE} (P31_GOV_MODE=hint, GOV_CONSUMER={GOVERNOR_CONSUMER}) until all are decided ..."
+        )
+        run = run_governor(server, cases, entry_ids)
+        # the late plans are missing from entry_ids when the governor never decided the early ones
+        published = (early + late)[: len(entry_ids)]
+        results, events = read_governor_results(client, published, entry_ids)
+        backlog = group_backlog(client)
+        dlq_length = int(client.xlen(DEAD_LETTER_STREAM))
+    finally:
+        client.close()
+    print()
+    print_governor_table(results)
+    print(f"stream {EVENTS_STREAM}: {len(events)} events; {DEAD_LETTER_STREAM}: {dlq_length} entries")
+    print(f"group {GOVERNOR_GROUP} on {DEFAULT_PLANS_STREAM}: pending {backlog[0]}, lag {backlog[1]}")
+    print()
+    print_daemon_run(run, GOVERNOR_METRICS)
+    failures = check_governor(results, events, run, backlog)
+    if len(results) < len(cases):
+        failures.append(f"{len(cases) - len(results)} late plan(s) never published: the earlier ones were not decided")
+    return failures
+
+
+# --- the demo -------------------------------------------------------------------------------------------------------
+
+
 def main() -> int:
     started = time.monotonic()
     failures: list[str] = []
     with RedisServer() as server:
         failures += proposer_section(server)
+        print()
+        failures += governor_section(server)
     print()
     for failure in failures:
         print(f"FAIL: {failure}")
     if failures:
         print(f"demo FAILED ({len(failures)} problems) in {time.monotonic() - started:.1f}s")
         return 1
-    print(f"demo OK: every symbol came out as SPEC §1/§2 says, in {time.monotonic() - started:.1f}s")
+    print(f"demo OK: every symbol and every plan came out as SPEC §1-§3 say, in {time.monotonic() - started:.1f}s")
     return 0
 
 

@@ -57,6 +57,7 @@ from microservices.governor.records import (
     EVENTS_STREAM,
     KILL_SWITCH_KEY,
     OUTCOME_TTL_SEC,
+    OutcomeMarker,
     block_json,
     block_key,
     dead_letter_fields,
@@ -75,7 +76,8 @@ BATCH_SIZE = 200
 #: A batch whose watched keys keep changing under it is read and decided again at most this often in a row; after
 #: that its plans stay pending and are re-read with the next pass over the pending list.
 MAX_ATTEMPTS = 5
-#: How often other consumers' idle plans are looked for with XAUTOCLAIM, seconds.
+#: How often other consumers' idle plans are looked for with XAUTOCLAIM, seconds: this often, or twice per
+#: ``GOV_CLAIM_IDLE_MS`` when that is shorter.
 CLAIM_EVERY_SEC = 5.0
 #: How often the pending and lag gauges are refreshed, seconds.
 GAUGES_EVERY_SEC = 1.0
@@ -105,16 +107,22 @@ class PlanReads:
     """What was read about one plan: ``gate`` is None when the decision cannot use it (not read)."""
 
     permit_exists: bool
-    marker_exists: bool
+    marker: OutcomeMarker | None
     reading: EfficiencyReading | None
     gate: GateState | None
 
-    @property
-    def recorded(self) -> str | None:
+    def recorded(self, entry_id: str) -> str | None:
+        """Why this delivery's outcome counts as recorded already, or None: a permit exists for the plan_id (SPEC §3
+        step 3), the plan_id was ever permitted (the permit key alone expires), or this very entry was decided (a
+        re-delivery). A republished plan_id whose earlier entry was blocked or skipped is decided again."""
         if self.permit_exists:
             return "a permit for this plan_id exists"
-        if self.marker_exists:
-            return "an outcome for this plan_id is recorded"
+        if self.marker is None:
+            return None
+        if self.marker.event == Event.PERMIT.value:
+            return f"this plan_id was permitted (entry {self.marker.entry_id})"
+        if self.marker.entry_id == entry_id:
+            return f"this entry was decided already ({self.marker.event} {self.marker.reason})"
         return None
 
 
@@ -169,6 +177,7 @@ class Governor:
         self._pending_left_behind = False
         self._claim_cursor = "0-0"
         self._next_claim = 0.0
+        self._claim_every = min(CLAIM_EVERY_SEC, settings.claim_idle_ms / 2000)
         self._next_gauges = 0.0
         self._next_summary = monotonic() + SUMMARY_EVERY_SEC
         self._summary: Counter[str] = Counter()
@@ -272,7 +281,7 @@ class Governor:
             return []
         deliveries, self._claim_cursor = self._claim_page(self._claim_cursor)
         if self._claim_cursor == "0-0":  # the whole pending list was scanned
-            self._next_claim = now + CLAIM_EVERY_SEC
+            self._next_claim = now + self._claim_every
         return deliveries
 
     def _claim_page(self, cursor: str) -> tuple[list[Delivery], str]:
@@ -377,7 +386,7 @@ class Governor:
         pipe.get(KILL_SWITCH_KEY)
         for plan in plans:
             pipe.exists(permit_key(plan.plan_id))
-            pipe.exists(outcome_key(plan.plan_id))
+            pipe.get(outcome_key(plan.plan_id))
             if plan.decision == EXECUTE and not mode_off:
                 queue_efficiency_read(pipe, plan.symbol.encode())
             if plan.decision == EXECUTE and not plan.reducing:
@@ -387,16 +396,16 @@ class Governor:
         reads: list[PlanReads] = []
         eff_replies: dict[int, object] = {}
         for i, plan in enumerate(plans):
-            permit_exists, marker_exists = next(replies), next(replies)
-            for reply in (permit_exists, marker_exists):
-                if isinstance(reply, Exception):
+            permit_exists, marker = next(replies), next(replies)
+            for reply in (permit_exists, marker):
+                if isinstance(reply, Exception):  # EXISTS and GET fail only with the connection: retry the batch
                     raise reply
             if plan.decision == EXECUTE and not mode_off:
                 eff_replies[i] = next(replies)
             gate: GateState | None = None
             if plan.decision == EXECUTE and not plan.reducing:
                 gate = self._gate_state(plan.symbol, next(replies))
-            reads.append(PlanReads(bool(permit_exists), bool(marker_exists), None, gate))
+            reads.append(PlanReads(bool(permit_exists), OutcomeMarker.parse(marker), None, gate))
         indexes = list(eff_replies)
         readings = efficiency_readings(
             self._client, [plans[i].symbol.encode() for i in indexes], list(eff_replies.values()), now, self._efficiency
@@ -411,7 +420,7 @@ class Governor:
         kill, reads = self._read(plans, now)
         reads_of = dict(zip((id(plan) for plan in plans), reads, strict=True))
         gates: dict[str, GateState] = {}
-        decided_ids: set[str] = set()
+        decided_in_batch: dict[str, str] = {}  # plan_id -> why a later entry of it is acknowledged only
         decided: list[Decided] = []
         for delivery, plan in parsed:
             if not isinstance(plan, Plan):
@@ -423,7 +432,7 @@ class Governor:
             facts = Facts(
                 now=now,
                 deliveries=delivery.deliveries,
-                recorded=read.recorded or ("decided earlier in this batch" if plan.plan_id in decided_ids else None),
+                recorded=read.recorded(delivery.entry_id) or decided_in_batch.get(plan.plan_id),
                 kill_switch=kill,
                 reading=read.reading,
                 gate=gates.get(plan.symbol, EMPTY_GATE),
@@ -431,8 +440,8 @@ class Governor:
             outcome = decide(plan, facts, self._policy)
             if outcome.gate_after is not None:
                 gates[plan.symbol] = outcome.gate_after
-            if outcome.event is not None:
-                decided_ids.add(plan.plan_id)
+            if outcome.event is Event.PERMIT:
+                decided_in_batch[plan.plan_id] = f"permitted earlier in this batch (entry {delivery.entry_id})"
             decided.append(Decided(delivery, plan, outcome))
         return decided
 

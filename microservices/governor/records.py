@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from microservices.governor.decision import Event, Outcome
@@ -77,6 +78,8 @@ def block_json(plan: Plan, outcome: Outcome, now: float) -> str:
 
 
 def event_fields(plan: Plan | InvalidPlan, outcome: Outcome, now: float) -> dict[str, str]:
+    """SPEC §3's event fields, plus ``source_id``: the plan's stream entry, which ties an event to its entry even
+    when the plan has no plan_id (a dead letter) or its plan_id was published twice."""
     if outcome.event is None:
         raise ValueError("an acknowledgement only has no event")
     return {
@@ -85,7 +88,28 @@ def event_fields(plan: Plan | InvalidPlan, outcome: Outcome, now: float) -> dict
         "symbol": plan.symbol,
         "reason": outcome.reason.value,
         "ts": f"{now:.3f}",
+        "source_id": plan.entry_id,
     }
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeMarker:
+    """The outcome recorded for a plan_id: which event, why, and for which stream entry."""
+
+    event: str
+    reason: str
+    entry_id: str
+
+    @classmethod
+    def parse(cls, raw: object) -> OutcomeMarker | None:
+        """None when absent, or when not a marker this code wrote (treated as absent: the plan is decided)."""
+        if not isinstance(raw, bytes | str):
+            return None
+        try:
+            data = json.loads(raw)
+            return cls(str(data["event"]), str(data["reason"]), str(data["entry_id"]))
+        except (ValueError, TypeError, KeyError):
+            return None
 
 
 def outcome_marker(plan: Plan, outcome: Outcome, now: float) -> str:

@@ -27,6 +27,20 @@ BAD = [
 ]  # fmt: skip
 
 
+GOVERNOR = "microservices.governor"
+# The governor's own variables (SPEC §4), one bad value of each kind of check.
+GOVERNOR_BAD = [
+    ("P31_DOWNSIZE_THRESHOLD", "0"), ("P31_DOWNSIZE_THRESHOLD", "1.5"), ("P31_MIN_FACTOR", "0"),
+    ("P31_MIN_FACTOR", "1.01"), ("P31_MAX_EXTRA_COOLDOWN_SEC", "-1"), ("P31_MAX_EXTRA_COOLDOWN_SEC", "1.5"),
+    ("P31_EFF_TTL_SEC", "0"), ("P31_GOV_MODE", "shadow"), ("P31_GOV_MODE", "HINT"), ("PERMIT_TTL_SEC", "0"),
+    ("STREAM_PLANS", ""), ("STREAM_PLANS", "two words"), ("GOV_GROUP", " governor"), ("GOV_CONSUMER", ""),
+    ("GOV_BLOCK_MS", "0"), ("GOV_BLOCK_MS", "5001"), ("GOV_CLAIM_IDLE_MS", "0"), ("GOV_MAX_DELIVERIES", "0"),
+    ("GOV_PLAN_MAX_AGE_SEC", "-1"), ("GOV_EVENTS_MAXLEN", "0"), ("GOV_KILL_SCORE_CRITICAL", "1.2"),
+    ("GOV_SYMBOL_COOLDOWN_SECONDS", "-1"), ("GOV_MAX_EXEC_PER_5MIN", "0"), ("GOV_MAX_EXEC_PER_HOUR", "0"),
+    ("METRICS_PORT", "65536"), ("P31_MIN_CONF", "0.65 # note"), ("P31_EFF_TTL_SEC", "ten"),
+]  # fmt: skip
+
+
 def _connections(r: redis.Redis) -> int:
     return int(r.info("stats")["total_connections_received"])
 
@@ -37,6 +51,19 @@ def test_bad_value_exits_78_naming_it_without_touching_redis(
 ) -> None:
     before = _connections(r)
     result = run_once(MODULE, redis_server.url, {variable: value})
+    assert result.returncode == 78, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"invalid configuration: {variable}=" in lines[0]
+    assert _connections(r) == before
+
+
+@pytest.mark.parametrize(("variable", "value"), GOVERNOR_BAD)
+def test_governor_bad_value_exits_78_naming_it_without_touching_redis(
+    r: redis.Redis, redis_server: RedisServer, variable: str, value: str
+) -> None:
+    before = _connections(r)
+    result = run_once(GOVERNOR, redis_server.url, {variable: value})
     assert result.returncode == 78, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
