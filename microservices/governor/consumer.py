@@ -111,18 +111,20 @@ class PlanReads:
     reading: EfficiencyReading | None
     gate: GateState | None
 
-    def recorded(self, entry_id: str) -> str | None:
-        """Why this delivery's outcome counts as recorded already, or None: a permit exists for the plan_id (SPEC §3
-        step 3), the plan_id was ever permitted (the permit key alone expires), or this very entry was decided (a
-        re-delivery). A republished plan_id whose earlier entry was blocked or skipped is decided again."""
+    def redelivered(self, entry_id: str) -> str | None:
+        """Why this very entry counts as decided already (a re-delivery after its outcome was written), or None."""
+        if self.marker is not None and self.marker.entry_id == entry_id:
+            return f"this entry was decided already ({self.marker.event} {self.marker.reason})"
+        return None
+
+    @property
+    def permitted(self) -> str | None:
+        """Why the plan_id counts as permitted already (SPEC §3 step 3), or None: its permit exists, or it was
+        granted before (the permit key alone expires after PERMIT_TTL_SEC, or is consumed)."""
         if self.permit_exists:
             return "a permit for this plan_id exists"
-        if self.marker is None:
-            return None
-        if self.marker.event == Event.PERMIT.value:
+        if self.marker is not None and self.marker.event == Event.PERMIT.value:
             return f"this plan_id was permitted (entry {self.marker.entry_id})"
-        if self.marker.entry_id == entry_id:
-            return f"this entry was decided already ({self.marker.event} {self.marker.reason})"
         return None
 
 
@@ -420,7 +422,7 @@ class Governor:
         kill, reads = self._read(plans, now)
         reads_of = dict(zip((id(plan) for plan in plans), reads, strict=True))
         gates: dict[str, GateState] = {}
-        decided_in_batch: dict[str, str] = {}  # plan_id -> why a later entry of it is acknowledged only
+        permitted_in_batch: dict[str, str] = {}  # plan_id -> why a later entry of it is acknowledged only
         decided: list[Decided] = []
         for delivery, plan in parsed:
             if not isinstance(plan, Plan):
@@ -432,7 +434,8 @@ class Governor:
             facts = Facts(
                 now=now,
                 deliveries=delivery.deliveries,
-                recorded=read.recorded(delivery.entry_id) or decided_in_batch.get(plan.plan_id),
+                redelivered=read.redelivered(delivery.entry_id),
+                permitted=read.permitted or permitted_in_batch.get(plan.plan_id),
                 kill_switch=kill,
                 reading=read.reading,
                 gate=gates.get(plan.symbol, EMPTY_GATE),
@@ -441,7 +444,7 @@ class Governor:
             if outcome.gate_after is not None:
                 gates[plan.symbol] = outcome.gate_after
             if outcome.event is Event.PERMIT:
-                decided_in_batch[plan.plan_id] = f"permitted earlier in this batch (entry {delivery.entry_id})"
+                permitted_in_batch[plan.plan_id] = f"permitted earlier in this batch (entry {delivery.entry_id})"
             decided.append(Decided(delivery, plan, outcome))
         return decided
 

@@ -2,8 +2,8 @@
 
 :func:`decide` takes the parsed plan and everything read about it (its delivery count, whether an outcome is already
 recorded, the kill switch, the efficiency reading, the symbol's gate) and returns an :class:`Outcome` that carries its
-reason. The order of the checks is SPEC §3's, preceded by the two consumption rules: a plan whose outcome is already
-recorded is only acknowledged, and a plan delivered too often is a dead letter.
+reason. The order of the checks is SPEC §3's, preceded by the two consumption rules: an entry whose outcome is already
+recorded (a re-delivery) is only acknowledged, and an entry delivered too often is a dead letter.
 """
 
 from __future__ import annotations
@@ -114,8 +114,10 @@ class Facts:
 
     now: float
     deliveries: int = 1
-    #: Why the plan's outcome counts as recorded already ("permit exists", ...), or None.
-    recorded: str | None = None
+    #: Why this very entry's outcome is recorded already (a re-delivery), or None.
+    redelivered: str | None = None
+    #: Why a permit counts as granted for the plan_id already (step 3), or None.
+    permitted: str | None = None
     kill_switch: KillSwitch = KillSwitch.OFF
     #: None in ``off`` mode, where nothing is read.
     reading: EfficiencyReading | None = None
@@ -152,8 +154,8 @@ def hint_for(plan: Plan, reading: EfficiencyReading | None, policy: Policy) -> D
 
 
 def decide(plan: Plan | InvalidPlan, facts: Facts, policy: Policy) -> Outcome:
-    if facts.recorded is not None and isinstance(plan, Plan):
-        return Outcome(None, Reason.ALREADY_DECIDED, facts.recorded)
+    if facts.redelivered is not None and isinstance(plan, Plan):
+        return Outcome(None, Reason.ALREADY_DECIDED, facts.redelivered)
     if facts.deliveries > policy.max_deliveries:
         return Outcome(
             Event.DEAD_LETTER,
@@ -164,7 +166,8 @@ def decide(plan: Plan | InvalidPlan, facts: Facts, policy: Policy) -> Outcome:
         return Outcome(Event.DEAD_LETTER, Reason.INVALID_PLAN, plan.detail)
     if plan.decision != EXECUTE:  # 2
         return Outcome(Event.SKIP, Reason.NOT_EXECUTE, f"decision {plan.decision!r}")
-    # 3 (a permit that exists) is facts.recorded, checked first.
+    if facts.permitted is not None:  # 3
+        return Outcome(None, Reason.ALREADY_DECIDED, facts.permitted)
     age = facts.now - plan.published_at
     if age > policy.plan_max_age_sec:  # 4
         return _block(Reason.STALE_PLAN, f"published {age:.0f}s ago > {policy.plan_max_age_sec:g}s")

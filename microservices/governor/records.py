@@ -14,9 +14,9 @@ from microservices.governor.plan import EXECUTE, InvalidPlan, Plan
 
 PERMIT_KEY_PREFIX = "quantum:permit:"
 BLOCK_KEY_PREFIX = "quantum:governor:block:"
-#: ``{plan_id}`` -> the outcome already recorded for that plan: what makes a re-delivered or republished plan an
-#: acknowledgement only, for every kind of outcome (a permit key alone expires after PERMIT_TTL_SEC, and a skip or a
-#: dead letter leaves no key of its own).
+#: ``{plan_id}`` -> the last outcome recorded for that plan_id and its stream entry. It makes a re-delivered entry an
+#: acknowledgement only, whatever its outcome was (a skip leaves no key of its own), and a plan_id that was permitted
+#: once never permitted again, even after its permit key expired or was consumed.
 OUTCOME_KEY_PREFIX = "quantum:governor:outcome:"
 KILL_SWITCH_KEY = "quantum:kill"
 EVENTS_STREAM = "quantum:stream:governor.events"

@@ -249,7 +249,10 @@ STALE_ID = f"{int((NOW - 121) * 1000)}-0"
     ("the_plan", "the_facts", "expected"),
     [
         # the consumption rules come first
-        (plan(), facts(recorded="a permit exists", deliveries=9), (None, Reason.ALREADY_DECIDED)),
+        (plan(), facts(redelivered="decided", deliveries=9), (None, Reason.ALREADY_DECIDED)),
+        (plan(decision="HOLD"), facts(redelivered="decided"), (None, Reason.ALREADY_DECIDED)),
+        (plan(decision="HOLD"), facts(permitted="a permit exists"), (Event.SKIP, Reason.NOT_EXECUTE)),  # 2 before 3
+        (plan(entry_id=STALE_ID), facts(permitted="a permit exists"), (None, Reason.ALREADY_DECIDED)),  # 3 before 4
         (plan(), facts(deliveries=6), (Event.DEAD_LETTER, Reason.MAX_DELIVERIES)),
         (plan(), facts(deliveries=5), (Event.PERMIT, Reason.PERMITTED)),
         # 1 invalid, 2 not EXECUTE
