@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 from hypothesis import HealthCheck, settings
 
 from microservices.devtools.redis_server import RedisServer
+from tests.daemons import NotifySocket
 
 
 @pytest.fixture(scope="session")
@@ -24,6 +26,14 @@ def r(redis_server: RedisServer) -> Iterator[redis.Redis]:
     client.flushall()
     yield client
     client.close()
+
+
+@pytest.fixture
+def notify(tmp_path: Path) -> Iterator[NotifySocket]:
+    """A stand-in for systemd's notification socket, for a daemon's ``NOTIFY_SOCKET``."""
+    sock = NotifySocket(tmp_path / "notify.sock")
+    yield sock
+    sock.close()
 
 
 # These machines are shared and noisy: judge properties by their outcome, never by how fast examples are generated.

@@ -58,3 +58,11 @@ class NotifySocket:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def assert_systemd_lifecycle(notify: NotifySocket) -> None:
+    """READY first, WATCHDOG after progress, STOPPING last: what ``Type=notify`` and ``WatchdogSec=`` rely on."""
+    messages = notify.collect()
+    assert messages[0] == "READY=1", messages
+    assert "WATCHDOG=1" in messages
+    assert messages[-1] == "STOPPING=1", messages

@@ -14,19 +14,12 @@ import pytest
 import redis
 
 from microservices.devtools.redis_server import RedisServer, free_port
-from tests.daemons import Daemon, NotifySocket, daemon_env, run_once
+from tests.daemons import Daemon, NotifySocket, assert_systemd_lifecycle, daemon_env, run_once
 
 MODULE = "microservices.allocation_target"
 LIVE = "quantum:allocation:target:"
 EFF = "quantum:capital:efficiency:"
 REASONS = ("ok", "missing_eff", "invalid_eff", "stale_eff", "low_conf", "redis_error")
-
-
-@pytest.fixture
-def notify(tmp_path: Path) -> Iterator[NotifySocket]:
-    sock = NotifySocket(tmp_path / "notify.sock")
-    yield sock
-    sock.close()
 
 
 def _seed(r: redis.Redis, symbols: list[str]) -> None:
@@ -69,10 +62,7 @@ def test_daemon_serves_metrics_and_health_notifies_systemd_and_stops_on_sigterm(
         assert code == 0 and took < 5
     finally:
         daemon.close()
-    messages = notify.collect()
-    assert messages[0] == "READY=1"
-    assert "WATCHDOG=1" in messages
-    assert messages[-1] == "STOPPING=1"
+    assert_systemd_lifecycle(notify)
 
 
 def test_per_symbol_series_are_capped(r: redis.Redis, redis_server: RedisServer, tmp_path: Path) -> None:

@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
 from microservices.devtools.redis_server import RedisServer, free_port
-from tests.daemons import Daemon, NotifySocket, daemon_env, run_once
+from tests.daemons import Daemon, NotifySocket, assert_systemd_lifecycle, daemon_env, run_once
 from tests.integration.test_governor_delivery import PLANS, assert_exactly_one_outcome_each, publish
 
 MODULE = "microservices.governor"
-
-
-@pytest.fixture
-def notify(tmp_path: Path) -> Iterator[NotifySocket]:
-    sock = NotifySocket(tmp_path / "notify.sock")
-    yield sock
-    sock.close()
 
 
 def test_governor_serves_metrics_and_health_notifies_systemd_and_stops_on_sigterm_while_blocked(
@@ -68,10 +60,7 @@ def test_governor_serves_metrics_and_health_notifies_systemd_and_stops_on_sigter
         assert code == 0 and took < 5
     finally:
         daemon.close()
-    messages = notify.collect()
-    assert messages[0] == "READY=1"
-    assert "WATCHDOG=1" in messages
-    assert messages[-1] == "STOPPING=1"
+    assert_systemd_lifecycle(notify)
 
 
 def test_sigterm_mid_stream_finishes_the_batch_and_leaves_the_rest_pending(
