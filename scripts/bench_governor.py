@@ -124,9 +124,11 @@ PHASE_GAP_SEC = 0.5
 #: A phase whose permits stop arriving for this long is given up (and its missing permits reported).
 STALL_SEC = 10.0
 READY_TIMEOUT_SEC = 20.0
-#: Keyspace notifications for string commands (``E``: key-event channels; ``$``: string commands, SET among them).
-NOTIFY_FLAGS = "E$"
-SET_CHANNEL = "__keyevent@0__:set"
+#: Keyspace notifications for string commands (``K``: key-space channels; ``$``: string commands, SET among them).
+#: The observer subscribes to the permit keys' channels only, so the other strings the governor writes (its gate
+#: and outcome marker) cost neither Redis nor the observer a message: the measurement weighs both consumers alike.
+NOTIFY_FLAGS = "K$"
+SET_CHANNEL = "__keyspace@0__:quantum:permit:*"
 
 GOVERNOR = "governor"
 FLOOR = "floor"
@@ -144,7 +146,10 @@ OLD_P99_AT_200_MS = (17.0, 32.0)
 APPLY_WAIT_MS = 1_200.0
 
 #: One ``__keyevent@0__:set`` message as Redis sends it (RESP2 push: message, channel, key); the key is group 1.
-MESSAGE = re.compile(rb"\*3\r\n\$7\r\nmessage\r\n\$\d+\r\n[^\r]*\r\n\$\d+\r\n([^\r]*)\r\n")
+#: ``pmessage <pattern> __keyspace@0__:<key> <event>``: group 1 is the key.
+MESSAGE = re.compile(
+    rb"\*4\r\n\$8\r\npmessage\r\n\$\d+\r\n[^\r]*\r\n\$\d+\r\n__keyspace@0__:([^\r]*)\r\n\$\d+\r\n[^\r]*\r\n"
+)
 PERMIT_PREFIX = PERMIT_KEY_PREFIX.encode()
 
 
@@ -354,8 +359,8 @@ def serve_floor(url: str) -> None:
 
 
 class Observer:
-    """Subscribes to ``__keyevent@0__:set`` on a raw socket and timestamps each read; records, per permit key's plan
-    id, when its notifications arrived."""
+    """Subscribes to the permit keys' keyspace channels on a raw socket and timestamps each read; records, per permit
+    key's plan id, when its notifications arrived."""
 
     def __init__(self, port: int) -> None:
         self.arrivals: dict[bytes, list[float]] = {}
@@ -364,7 +369,7 @@ class Observer:
         self._sock = socket.create_connection(("127.0.0.1", port), timeout=5.0)
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         channel = SET_CHANNEL.encode()
-        self._sock.sendall(b"*2\r\n$9\r\nSUBSCRIBE\r\n$%d\r\n%s\r\n" % (len(channel), channel))
+        self._sock.sendall(b"*2\r\n$10\r\nPSUBSCRIBE\r\n$%d\r\n%s\r\n" % (len(channel), channel))
         confirmation = b"$%d\r\n%s\r\n:1\r\n" % (len(channel), channel)
         buffer = b""
         while confirmation not in buffer:

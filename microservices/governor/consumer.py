@@ -21,8 +21,8 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 from redis.client import Pipeline
@@ -39,18 +39,15 @@ from microservices.governor.decision import (
     KillSwitch,
     Outcome,
     Policy,
-    Reason,
     decide,
 )
 from microservices.governor.gate import (
     EMPTY_GATE,
-    GATE_FIELDS,
     GATE_KEY_PREFIX,
-    UNREADABLE_GATE,
     GateState,
     parse_gate,
 )
-from microservices.governor.metrics import GovernorMetrics
+from microservices.governor.metrics import BatchTally, GovernorMetrics
 from microservices.governor.plan import EXECUTE, InvalidPlan, Plan, entry_time, parse_plan
 from microservices.governor.records import (
     BLOCK_TTL_SEC,
@@ -61,7 +58,7 @@ from microservices.governor.records import (
     block_json,
     block_key,
     dead_letter_fields,
-    event_fields,
+    event_args,
     outcome_key,
     outcome_marker,
     permit_json,
@@ -84,6 +81,7 @@ GAUGES_EVERY_SEC = 1.0
 #: How often a summary of the outcomes is logged, seconds.
 SUMMARY_EVERY_SEC = 60.0
 FIRST_ID = "0"
+PERMIT_LABEL = "permit"
 AnyPipeline = Pipeline | ClusterPipeline
 
 
@@ -141,7 +139,13 @@ def _text(value: bytes | str) -> str:
 
 def _deliveries(entries: Any, counts: dict[str, int] | None = None) -> list[Delivery]:
     """Deliveries from the ``[(id, fields), ...]`` part of an XREADGROUP or XAUTOCLAIM reply."""
-    return [Delivery(_text(i), dict(f or {}), (counts or {}).get(_text(i), 1)) for i, f in entries]
+    counts = counts or {}
+    return [Delivery(_text(i), f or {}, counts.get(_text(i), 1)) for i, f in entries]
+
+
+def _flat(fields: Mapping[Any, Any]) -> list[Any]:
+    """``{field: value, ...}`` as the ``field value field value ...`` arguments of HSET and XADD."""
+    return [part for pair in fields.items() for part in pair]
 
 
 def _gate_key(symbol: str) -> str:
@@ -344,13 +348,16 @@ class Governor:
         )
 
     def _watched_keys(self, plans: Sequence[Plan]) -> list[str]:
+        """The keys whose change by another writer would make the batch's decisions wrong: each plan's outcome
+        marker (a replica deciding the same entry writes it), each symbol's gate (a replica passing its cooldown),
+        the kill switch. A permit key is not watched: only a decision writes it, together with its marker, and its
+        ``SET NX`` never overwrites one. (Fewer keys matter: WATCH costs Redis more than linear time in them.)"""
         keys = {KILL_SWITCH_KEY}
         for plan in plans:
-            keys.add(permit_key(plan.plan_id))
             keys.add(outcome_key(plan.plan_id))
             if plan.decision == EXECUTE and not plan.reducing:
                 keys.add(_gate_key(plan.symbol))
-        return sorted(keys)
+        return list(keys)
 
     def _decide_and_write(self, parsed: Sequence[tuple[Delivery, Plan | InvalidPlan]]) -> tuple[list[Decided], float]:
         plans = [plan for _, plan in parsed if isinstance(plan, Plan)]
@@ -381,39 +388,56 @@ class Governor:
 
     def _read(self, plans: Sequence[Plan], now: float) -> tuple[KillSwitch, list[PlanReads]]:
         """What the decisions need, in one pipelined round trip (plus one only if some efficiency hash holds none
-        of the fields): the kill switch, and per plan whether its outcome is recorded, its efficiency reading and its
-        symbol's gate (each only where the decision can use it)."""
+        of the fields): the kill switch, and per plan its permit, its outcome marker and, where the decision can use
+        them, its symbol's gate and efficiency reading. On a single Redis one MGET per plan reads the three strings;
+        under a cluster, where they may live in different slots, one command each."""
         mode_off = self._policy.mode == "off"
         pipe = self._client.pipeline(transaction=False)
-        pipe.get(KILL_SWITCH_KEY)
+        command = cast(Callable[..., object], pipe.execute_command)  # untyped on the cluster pipeline
+        command("GET", KILL_SWITCH_KEY)
         for plan in plans:
-            pipe.exists(permit_key(plan.plan_id))
-            pipe.get(outcome_key(plan.plan_id))
+            keys = [permit_key(plan.plan_id), outcome_key(plan.plan_id)]
+            if plan.decision == EXECUTE and not plan.reducing:
+                keys.append(_gate_key(plan.symbol))
+            if self._transactional:
+                command("MGET", *keys)
+            else:
+                command("EXISTS", keys[0])
+                for key in keys[1:]:
+                    command("GET", key)
             if plan.decision == EXECUTE and not mode_off:
                 queue_efficiency_read(pipe, plan.symbol.encode())
-            if plan.decision == EXECUTE and not plan.reducing:
-                pipe.hmget(_gate_key(plan.symbol), GATE_FIELDS)
         replies = iter(pipe.execute(raise_on_error=False))
         kill = self._kill_switch(next(replies))
-        reads: list[PlanReads] = []
-        eff_replies: dict[int, object] = {}
-        for i, plan in enumerate(plans):
-            permit_exists, marker = next(replies), next(replies)
-            for reply in (permit_exists, marker):
-                if isinstance(reply, Exception):  # EXISTS and GET fail only with the connection: retry the batch
+        records: list[tuple[object, object, GateState | None]] = []
+        eff_symbols: list[bytes] = []
+        eff_replies: list[object] = []
+        for plan in plans:
+            wants_gate = plan.decision == EXECUTE and not plan.reducing
+            if self._transactional:
+                values = next(replies)
+                if isinstance(values, Exception):  # MGET fails only with the connection: retry the batch
+                    raise values
+            else:
+                values = [next(replies) for _ in range(3 if wants_gate else 2)]
+            permit, marker = values[0], values[1]
+            for reply in (permit, marker):
+                if isinstance(reply, Exception):  # EXISTS fails only with the connection; GET of our own marker too
                     raise reply
+            records.append((permit, marker, self._gate_state(plan.symbol, values[2]) if wants_gate else None))
             if plan.decision == EXECUTE and not mode_off:
-                eff_replies[i] = next(replies)
-            gate: GateState | None = None
-            if plan.decision == EXECUTE and not plan.reducing:
-                gate = self._gate_state(plan.symbol, next(replies))
-            reads.append(PlanReads(bool(permit_exists), OutcomeMarker.parse(marker), None, gate))
-        indexes = list(eff_replies)
-        readings = efficiency_readings(
-            self._client, [plans[i].symbol.encode() for i in indexes], list(eff_replies.values()), now, self._efficiency
-        )
-        for i, reading in zip(indexes, readings, strict=True):
-            reads[i] = replace(reads[i], reading=reading)
+                eff_symbols.append(plan.symbol.encode())
+                eff_replies.append(next(replies))
+        readings = iter(efficiency_readings(self._client, eff_symbols, eff_replies, now, self._efficiency))
+        reads = [
+            PlanReads(
+                bool(permit),
+                OutcomeMarker.parse(marker),
+                next(readings) if plan.decision == EXECUTE and not mode_off else None,
+                gate,
+            )
+            for plan, (permit, marker, gate) in zip(plans, records, strict=True)
+        ]
         return kill, reads
 
     def _decide(self, parsed: Sequence[tuple[Delivery, Plan | InvalidPlan]], now: float) -> list[Decided]:
@@ -463,71 +487,67 @@ class Governor:
         return KillSwitch.from_value(reply)  # type: ignore[arg-type]
 
     def _gate_state(self, symbol: str, reply: object) -> GateState:
-        """The gate as read; :data:`UNREADABLE_GATE` (no cooldown or limit, never written) for a key of another type."""
+        """The gate as read. One that cannot be read (a key of another type) or parsed holds nothing back: counted,
+        logged, and written anew by the symbol's next permit."""
+        problem: str | None
         if isinstance(reply, Exception):
-            self._metrics.unreadable_state.labels("gate").inc()
-            self._throttle.log(
-                log,
-                logging.WARNING,
-                "gate:" + symbol,
-                "gate of %s cannot be read (%s): no cooldown or limit applied, and it is not written",
-                symbol,
-                reply,
-            )
-            return UNREADABLE_GATE
-        values = cast(list[bytes | None], reply)
-        state, problem = parse_gate(values if any(v is not None for v in values) else None)
+            state, problem = EMPTY_GATE, str(reply)
+        else:
+            state, problem = parse_gate(cast(bytes | None, reply))
         if problem is not None:
             self._metrics.unreadable_state.labels("gate").inc()
-            self._throttle.log(
-                log,
-                logging.WARNING,
-                "gate:" + symbol,
-                "gate of %s holds malformed fields (%s): read as absent, rewritten on the next permit",
-                symbol,
-                problem,
-            )
+            message = "gate of %s cannot be used (%s): no cooldown or limit applied; rewritten by its next permit"
+            self._throttle.log(log, logging.WARNING, "gate:" + symbol, message, symbol, problem)
         return state
 
-    def _queue_writes(self, pipe: AnyPipeline, decided: Sequence[Decided], now: float) -> list[str]:
+    def _queue_writes(self, pipe: AnyPipeline, decided: Sequence[Decided], now: float) -> list[tuple[str, str]]:
         """Queue every outcome's writes and, on a single Redis, the batch's ``XACK``; returns a label per command
         for error reports."""
         s = self._settings
-        labels: list[str] = []
+        labels: list[tuple[str, str]] = []
+        command = cast(Callable[..., object], pipe.execute_command)  # untyped on the cluster pipeline
         for item in decided:
             plan, outcome = item.plan, item.outcome
             event = outcome.event
             if event is None:
                 continue
+            # execute_command with the arguments spelled out: the typed helpers cost more than the rest of a plan
             if event is Event.PERMIT and isinstance(plan, Plan):
-                pipe.set(permit_key(plan.plan_id), permit_json(plan, outcome, now), nx=True, ex=s.permit_ttl_sec)
-                labels.append(f"permit {plan.plan_id}")
-                if outcome.gate_after is not None and outcome.gate_after.writable:
-                    gate_key = _gate_key(plan.symbol)
-                    pipe.hset(gate_key, mapping=outcome.gate_after.hash_fields(plan.plan_id))  # type: ignore[arg-type]
-                    pipe.expire(gate_key, outcome.gate_after.ttl_sec(self._policy.gate))
-                    labels += [f"gate {plan.symbol}"] * 2
+                command("SET", permit_key(plan.plan_id), permit_json(plan, outcome, now), "NX", "EX", s.permit_ttl_sec)
+                labels.append((PERMIT_LABEL, plan.plan_id))
+                gate = outcome.gate_after
+                if gate is not None:
+                    ttl = gate.ttl_sec(self._policy.gate)
+                    command("SET", _gate_key(plan.symbol), gate.encode(plan.plan_id), "EX", ttl)
+                    labels.append(("gate", plan.symbol))
             elif event is Event.BLOCK and isinstance(plan, Plan):
-                pipe.set(block_key(plan.plan_id), block_json(plan, outcome, now), ex=BLOCK_TTL_SEC)
-                labels.append(f"block {plan.plan_id}")
+                command("SET", block_key(plan.plan_id), block_json(plan, outcome, now), "EX", BLOCK_TTL_SEC)
+                labels.append(("block", plan.plan_id))
             elif event is Event.DEAD_LETTER:
-                fields = dead_letter_fields(
-                    item.delivery.fields, outcome, item.delivery.entry_id, item.delivery.deliveries
-                )
-                pipe.xadd(s.dead_letter_stream, fields)  # type: ignore[arg-type]
-                labels.append(f"dead letter {item.delivery.entry_id}")
+                fields = dead_letter_fields(item.delivery.fields, outcome, item.delivery.entry_id,
+                                            item.delivery.deliveries)  # fmt: skip
+                command("XADD", s.dead_letter_stream, "*", *_flat(fields))
+                labels.append(("dead letter", item.delivery.entry_id))
             if isinstance(plan, Plan):
-                pipe.set(outcome_key(plan.plan_id), outcome_marker(plan, outcome, now), ex=OUTCOME_TTL_SEC)
-                labels.append(f"outcome marker {plan.plan_id}")
-            pipe.xadd(EVENTS_STREAM, event_fields(plan, outcome, now), maxlen=s.events_maxlen, approximate=True)  # type: ignore[arg-type]
-            labels.append(f"event {item.delivery.entry_id}")
+                command("SET", outcome_key(plan.plan_id), outcome_marker(plan, outcome), "EX", OUTCOME_TTL_SEC)
+                labels.append(("outcome marker", plan.plan_id))
+            command("XADD", EVENTS_STREAM, "MAXLEN", "~", s.events_maxlen, "*", *event_args(plan, outcome, now))
+            labels.append(("event", item.delivery.entry_id))
         if self._transactional:
             pipe.xack(self._stream, self._group, *[d.delivery.entry_id for d in decided])
-        labels.append("xack")
+        labels.append(("xack", f"{len(decided)} entries"))
         return labels
 
-    def _report_write_errors(self, results: Sequence[object], labels: Sequence[str]) -> None:
-        failed = [(label, r) for label, r in zip(labels, results, strict=False) if isinstance(r, Exception)]
+    def _report_write_errors(self, results: Sequence[object], labels: Sequence[tuple[str, str]]) -> None:
+        """Log and count the writes of a decided batch that failed. A permit whose ``SET NX`` wrote nothing (a key of
+        another type under its name, or a permit some other writer made since the read) is reported too: the
+        existing key is left as it is, never overwritten."""
+        failed: list[tuple[str, object]] = []
+        for (kind, ident), result in zip(labels, results, strict=False):
+            if isinstance(result, Exception):
+                failed.append((f"{kind} {ident}", result))
+            elif kind == PERMIT_LABEL and not result:
+                failed.append((f"{kind} {ident}", "the key exists already, not written"))
         if not failed:
             return
         self._metrics.redis_errors.inc(len(failed))
@@ -540,48 +560,39 @@ class Governor:
     # --- accounting -------------------------------------------------------------------------------------------------
 
     def _account(self, decided: Sequence[Decided], finished: float) -> None:
-        m = self._metrics
+        """Metrics and logs of a written batch: every block and dead letter is logged; permits and skips at DEBUG (the
+        events stream explains each), with a summary of all outcomes every minute."""
+        tally = BatchTally()
         for item in decided:
             plan, outcome = item.plan, item.outcome
             if outcome.event is None:
-                m.already_decided.inc()
-                log.info(
-                    "plan %s (entry %s): %s; acknowledged only", plan.plan_id, item.delivery.entry_id, outcome.detail
-                )
+                tally.already_decided += 1
+                log.info("plan %s (entry %s): %s; acknowledged only", plan.plan_id, item.delivery.entry_id,
+                         outcome.detail)  # fmt: skip
                 continue
-            m.latency.observe(max(0.0, finished - entry_time(item.delivery.entry_id)))
-            self._summary[f"{outcome.event.value}:{outcome.reason.value}"] += 1
+            event, reason = outcome.event.value, outcome.reason.value
+            tally.outcomes[event, reason] += 1
+            tally.latencies.append(max(0.0, finished - entry_time(item.delivery.entry_id)))
             if outcome.event is Event.PERMIT and outcome.hint is not None:
                 hint = outcome.hint
-                m.count_permit(plan.symbol, hint.action.value, hint.reason, hint.factor, finished)
-                log.debug(
-                    "permit %s %s: eff_action %s factor %.4f extra cooldown %ds (%s)",
-                    plan.plan_id,
-                    plan.symbol,
-                    hint.action.value,
-                    hint.factor,
-                    hint.extra_cooldown_sec,
-                    hint.reason,
-                )
+                tally.eff_apply[hint.action.value, hint.reason] += 1
+                tally.permits[plan.symbol] = (tally.permits.get(plan.symbol, (0, 0.0))[0] + 1, hint.factor)
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("permit %s %s: eff_action %s factor %.4f extra cooldown %ds (%s)", plan.plan_id,
+                              plan.symbol, hint.action.value, hint.factor, hint.extra_cooldown_sec,
+                              hint.reason)  # fmt: skip
             elif outcome.event is Event.BLOCK:
-                m.count_block(plan.symbol, outcome.reason.value, finished)
-                log.info("block %s %s: %s (%s)", plan.plan_id, plan.symbol, outcome.reason.value, outcome.detail)
+                tally.blocks[plan.symbol, reason] += 1
+                log.info("block %s %s: %s (%s)", plan.plan_id, plan.symbol, reason, outcome.detail)
             elif outcome.event is Event.DEAD_LETTER:
-                m.outcomes.labels(Event.DEAD_LETTER.value, outcome.reason.value).inc()
-                m.dead_letters.labels(outcome.reason.value).inc()
-                log.warning(
-                    "dead letter: entry %s (plan_id %r) to %s: %s (%s)",
-                    item.delivery.entry_id,
-                    plan.plan_id,
-                    self._settings.dead_letter_stream,
-                    outcome.reason.value,
-                    outcome.detail,
-                )
+                tally.dead_letters[reason] += 1
+                log.warning("dead letter: entry %s (plan_id %r) to %s: %s (%s)", item.delivery.entry_id,
+                            plan.plan_id, self._settings.dead_letter_stream, reason, outcome.detail)  # fmt: skip
             else:
-                m.outcomes.labels(Event.SKIP.value, Reason.NOT_EXECUTE.value).inc()
                 log.debug("skip %s %s: %s", plan.plan_id, plan.symbol, outcome.detail)
-        m.last_success.set(finished)
-        m.expire_symbols(finished)
+        self._metrics.record(tally, finished)
+        for (event, reason), n in tally.outcomes.items():
+            self._summary[f"{event}:{reason}"] += n
         self._log_summary()
 
     def _log_summary(self) -> None:

@@ -1,23 +1,25 @@
 """The per-symbol gate of SPEC §3 step 6: cooldown and rate limits over the symbol's recent non-reducing permits.
 
-The state lives in Redis, in one hash per symbol (:data:`GATE_KEY_PREFIX`), so restarts and replicas share it. This
-module holds its pure side: parsing it, judging a plan against it, and the state after a permit.
+The state lives in Redis, one JSON string per symbol (:data:`GATE_KEY_PREFIX`) written with its TTL by one ``SET``, so
+restarts and replicas share it and it goes away once it can no longer hold anything back. This module holds its pure
+side: parsing it, judging a plan against it, and the state after a permit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import math
 from dataclasses import dataclass
 
-from microservices.core.numbers import Raw, parse_float, parse_int, show_raw
+from microservices.core.numbers import Raw, show_raw
 
 GATE_KEY_PREFIX = "quantum:governor:gate:"
 LAST_PERMIT_FIELD = "last_permit_ts"
 EXTRA_COOLDOWN_FIELD = "extra_cooldown_sec"
 RECENT_FIELD = "recent_permits"
 LAST_PLAN_FIELD = "last_plan_id"
-#: The fields read, in this order, with ``HMGET``.
-GATE_FIELDS: tuple[str, ...] = (LAST_PERMIT_FIELD, EXTRA_COOLDOWN_FIELD, RECENT_FIELD)
+
+_JSON = json.JSONEncoder(ensure_ascii=False)
 
 FIVE_MINUTES = 300.0
 ONE_HOUR = 3600.0
@@ -40,20 +42,20 @@ class GateState:
     last_permit_ts: float | None = None
     extra_cooldown_sec: int = 0
     recent: tuple[float, ...] = ()
-    #: False for a gate key of another type: it holds nothing back and is never written over.
-    writable: bool = True
 
     def after_permit(self, now: float, extra_cooldown_sec: int) -> GateState:
         recent = (*(t for t in self.recent if now - t < ONE_HOUR), now)
-        return GateState(now, extra_cooldown_sec, recent, self.writable)
+        return GateState(now, extra_cooldown_sec, recent)
 
-    def hash_fields(self, plan_id: str) -> dict[str, str]:
-        return {
-            LAST_PERMIT_FIELD: f"{self.last_permit_ts:.6f}" if self.last_permit_ts is not None else "",
-            EXTRA_COOLDOWN_FIELD: str(self.extra_cooldown_sec),
-            RECENT_FIELD: ",".join(f"{t:.6f}" for t in self.recent),
-            LAST_PLAN_FIELD: plan_id,
-        }
+    def encode(self, plan_id: str) -> str:
+        """The JSON object the gate key holds; ``last_plan_id`` is for people reading it. Built by hand: the numbers
+        are finite floats and ints (``repr`` is valid JSON for them), and only the plan_id needs JSON's escaping."""
+        recent = ",".join(repr(t) for t in self.recent)
+        last = "null" if self.last_permit_ts is None else repr(self.last_permit_ts)
+        return (
+            f'{{"{LAST_PERMIT_FIELD}":{last},"{EXTRA_COOLDOWN_FIELD}":{self.extra_cooldown_sec},'
+            f'"{RECENT_FIELD}":[{recent}],"{LAST_PLAN_FIELD}":{_JSON.encode(plan_id)}}}'
+        )
 
     def ttl_sec(self, limits: GateLimits) -> int:
         """How long the hash must live for every judgement it can still affect: an hour, or the longest cooldown."""
@@ -61,34 +63,41 @@ class GateState:
 
 
 EMPTY_GATE = GateState()
-UNREADABLE_GATE = GateState(writable=False)
 
 
-def parse_gate(values: Sequence[Raw] | None) -> tuple[GateState, str | None]:
-    """The gate state from the ``HMGET`` reply of :data:`GATE_FIELDS`, and what was malformed in it (None: nothing).
+def _epoch(value: object) -> float | None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    return float(value) if ok else None  # type: ignore[arg-type]
 
-    A malformed field is read as absent: a gate that cannot be read holds nothing back (fail-open, reported).
+
+def parse_gate(raw: Raw) -> tuple[GateState, str | None]:
+    """The gate state from the key's value (None: no key), and what was malformed in it (None: nothing).
+
+    Anything malformed is read as absent: a gate that cannot be read holds nothing back (fail-open, reported), and
+    the next permit writes it anew.
     """
-    if values is None:
+    if raw is None:
         return EMPTY_GATE, None
-    raw_last, raw_extra, raw_recent = values
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return EMPTY_GATE, f"not JSON: {show_raw(raw)}"
+    if not isinstance(data, dict):
+        return EMPTY_GATE, f"not a JSON object: {show_raw(raw)}"
     problems: list[str] = []
-    last = parse_float(raw_last) if raw_last not in (None, b"", "") else None
-    if last is None and raw_last not in (None, b"", ""):
-        problems.append(f"{LAST_PERMIT_FIELD} {show_raw(raw_last)}")
-    extra = parse_int(raw_extra) if raw_extra not in (None, b"", "") else 0
-    if extra is None or extra < 0:
-        problems.append(f"{EXTRA_COOLDOWN_FIELD} {show_raw(raw_extra)}")
+    last = _epoch(data.get(LAST_PERMIT_FIELD))
+    if last is None and data.get(LAST_PERMIT_FIELD) is not None:
+        problems.append(f"{LAST_PERMIT_FIELD} {data.get(LAST_PERMIT_FIELD)!r}")
+    extra = data.get(EXTRA_COOLDOWN_FIELD, 0)
+    if not isinstance(extra, int) or isinstance(extra, bool) or extra < 0:
+        problems.append(f"{EXTRA_COOLDOWN_FIELD} {extra!r}")
         extra = 0
-    recent: list[float] = []
-    if raw_recent not in (None, b"", ""):
-        text = raw_recent.decode("ascii", "replace") if isinstance(raw_recent, bytes) else str(raw_recent)
-        times = [parse_float(part) for part in text.split(",")]
-        if any(t is None for t in times):
-            problems.append(f"{RECENT_FIELD} {show_raw(raw_recent)}")
-        else:
-            recent = [t for t in times if t is not None]
-    state = GateState(last, extra, tuple(sorted(recent)))
+    times = data.get(RECENT_FIELD, [])
+    recent = [_epoch(t) for t in times] if isinstance(times, list) else [None]
+    if any(t is None for t in recent):
+        problems.append(f"{RECENT_FIELD} {show_raw(str(times))}")
+        recent = []
+    state = GateState(last, extra, tuple(sorted(t for t in recent if t is not None)))
     return state, ("; ".join(problems) or None)
 
 

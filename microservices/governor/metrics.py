@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
+from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client import Counter as CounterMetric
 
 from microservices.core.efficiency import EffReason
 from microservices.core.symbol_metrics import RecentSymbols, label_text
@@ -17,6 +20,9 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.2, 2.5
 #: A symbol with no plan for this long has gone away: its per-symbol series are removed.
 SYMBOL_IDLE_SEC = 3600.0
 
+#: How often symbols that went away are looked for, seconds.
+SYMBOL_EXPIRY_EVERY_SEC = 60.0
+
 #: Every (event, reason) pair an outcome can have.
 OUTCOME_LABELS: tuple[tuple[Event, Reason], ...] = (
     (Event.PERMIT, Reason.PERMITTED),
@@ -24,6 +30,20 @@ OUTCOME_LABELS: tuple[tuple[Event, Reason], ...] = (
     *((Event.BLOCK, reason) for reason in BLOCK_REASONS),
     *((Event.DEAD_LETTER, reason) for reason in DEAD_LETTER_REASONS),
 )
+
+
+@dataclass
+class BatchTally:
+    """What a written batch adds to the metrics, gathered per plan and counted once per series."""
+
+    outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    eff_apply: Counter[tuple[str, str]] = field(default_factory=Counter)
+    dead_letters: Counter[str] = field(default_factory=Counter)
+    already_decided: int = 0
+    latencies: list[float] = field(default_factory=list)
+    #: symbol -> (permits, factor of the last one)
+    permits: dict[str, tuple[int, float]] = field(default_factory=dict)
+    blocks: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
 def eff_apply_labels(mode: Mode) -> list[tuple[str, str]]:
@@ -37,19 +57,19 @@ def eff_apply_labels(mode: Mode) -> list[tuple[str, str]]:
 class GovernorMetrics:
     def __init__(self, registry: CollectorRegistry, mode: Mode, max_symbols: int) -> None:
         self.registry = registry
-        self.eff_apply = Counter(
+        self.eff_apply = CounterMetric(
             "p32_eff_apply", "Permits written, by eff_action and eff_reason", ["action", "reason"], registry=registry
         )
         self.eff_factor = Gauge("p32_eff_factor", "Factor of the symbol's last permit", ["symbol"], registry=registry)
-        self.allow = Counter("quantum_govern_allow", "Permits written, by symbol", ["symbol"], registry=registry)
-        self.block = Counter(
+        self.allow = CounterMetric("quantum_govern_allow", "Permits written, by symbol", ["symbol"], registry=registry)
+        self.block = CounterMetric(
             "quantum_govern_block", "Plans blocked, by symbol and reason", ["symbol", "reason"], registry=registry
         )
-        self.outcomes = Counter(
+        self.outcomes = CounterMetric(
             "quantum_govern_outcomes", "Plan outcomes written, by event and reason", ["event", "reason"],
             registry=registry,
         )  # fmt: skip
-        self.already_decided = Counter(
+        self.already_decided = CounterMetric(
             "quantum_govern_already_decided",
             "Plans only acknowledged: their outcome was recorded before (re-delivery or republished plan_id)",
             registry=registry,
@@ -64,18 +84,18 @@ class GovernorMetrics:
             "quantum_govern_pending", "Plans delivered to the group and not yet acknowledged", registry=registry
         )
         self.lag = Gauge("quantum_govern_lag", "Plans in the stream not yet delivered to the group", registry=registry)
-        self.dead_letters = Counter(
+        self.dead_letters = CounterMetric(
             "quantum_govern_dead_letter", "Plans sent to the dead-letter stream", ["reason"], registry=registry
         )
-        self.redis_errors = Counter(
+        self.redis_errors = CounterMetric(
             "quantum_govern_redis_errors", "Failed Redis calls (whole rounds or single commands)", registry=registry
         )
-        self.conflicts = Counter(
+        self.conflicts = CounterMetric(
             "quantum_govern_write_conflicts",
             "Batches decided again because another writer changed a watched key first",
             registry=registry,
         )
-        self.unreadable_state = Counter(
+        self.unreadable_state = CounterMetric(
             "quantum_govern_unreadable_state",
             "Kill switch or symbol gate that could not be read or parsed (treated as disengaged, fail-open)",
             ["kind"],
@@ -95,20 +115,33 @@ class GovernorMetrics:
             self.unreadable_state.labels(kind)
         self.symbols = RecentSymbols(max_symbols, SYMBOL_IDLE_SEC)
         self._block_reasons: dict[str, set[str]] = {}
+        self._next_expiry = 0.0
 
-    def count_permit(self, symbol: str, action: str, reason: str, factor: float, now: float) -> None:
-        self.eff_apply.labels(action, reason).inc()
-        self.outcomes.labels(Event.PERMIT.value, Reason.PERMITTED.value).inc()
-        if self.symbols.admit(symbol, now):
-            label = label_text(symbol)
-            self.allow.labels(label).inc()
-            self.eff_factor.labels(label).set(factor)
-
-    def count_block(self, symbol: str, reason: str, now: float) -> None:
-        self.outcomes.labels(Event.BLOCK.value, reason).inc()
-        if self.symbols.admit(symbol, now):
-            self.block.labels(label_text(symbol), reason).inc()
-            self._block_reasons.setdefault(symbol, set()).add(reason)
+    def record(self, tally: BatchTally, now: float) -> None:
+        """Count a written batch: each labelled series once per batch, not once per plan."""
+        for (event, reason), n in tally.outcomes.items():
+            self.outcomes.labels(event, reason).inc(n)
+        for (action, reason), n in tally.eff_apply.items():
+            self.eff_apply.labels(action, reason).inc(n)
+        for reason, n in tally.dead_letters.items():
+            self.dead_letters.labels(reason).inc(n)
+        if tally.already_decided:
+            self.already_decided.inc(tally.already_decided)
+        for latency in tally.latencies:
+            self.latency.observe(latency)
+        for symbol, (n, factor) in tally.permits.items():
+            if self.symbols.admit(symbol, now):
+                label = label_text(symbol)
+                self.allow.labels(label).inc(n)
+                self.eff_factor.labels(label).set(factor)
+        for (symbol, reason), n in tally.blocks.items():
+            if self.symbols.admit(symbol, now):
+                self.block.labels(label_text(symbol), reason).inc(n)
+                self._block_reasons.setdefault(symbol, set()).add(reason)
+        self.last_success.set(now)
+        if now >= self._next_expiry:
+            self._next_expiry = now + SYMBOL_EXPIRY_EVERY_SEC
+            self.expire_symbols(now)
 
     def expire_symbols(self, now: float) -> None:
         """Remove the per-symbol series of symbols that have gone away."""

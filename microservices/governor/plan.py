@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -14,6 +15,8 @@ MAX_ID_LENGTH = 128
 FULL_CLOSE = "FULL_CLOSE_PROPOSED"
 REDUCING_PREFIXES = ("PARTIAL_", "CLOSE")
 TRUE_FLAGS = ("true", "1")
+
+_WHITE_SPACE = re.compile(r"\s")
 
 #: A stream entry's fields as redis-py returns them (bytes) or as a test builds them (str).
 EntryFields = Mapping[bytes, bytes] | Mapping[str, str]
@@ -72,15 +75,22 @@ def is_reducing(action: str, reduce_only: bool) -> bool:
 
 def _text(fields: EntryFields) -> dict[str, str] | str:
     """The fields as text, or what is wrong with them."""
-    out: dict[str, str] = {}
-    for key, value in fields.items():
-        try:
-            k = key.decode() if isinstance(key, bytes) else key
-            v = value.decode() if isinstance(value, bytes) else value
-        except UnicodeDecodeError:
-            return f"field {show_raw(key)} is not UTF-8 text"
-        out[k] = v
-    return out
+    try:
+        return {
+            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in fields.items()
+        }
+    except UnicodeDecodeError:
+        bad = next(k for k, v in fields.items() if not _utf8(k) or not _utf8(v))
+        return f"field {show_raw(bad)} is not UTF-8 text"
+
+
+def _utf8(value: bytes | str) -> bool:
+    try:
+        value.decode() if isinstance(value, bytes) else value
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _identifier_problem(name: str, value: str | None) -> str | None:
@@ -88,7 +98,7 @@ def _identifier_problem(name: str, value: str | None) -> str | None:
         return f"{name} missing"
     if len(value) > MAX_ID_LENGTH:
         return f"{name} longer than {MAX_ID_LENGTH} characters"
-    if any(c.isspace() or not c.isprintable() for c in value):
+    if not value.isprintable() or _WHITE_SPACE.search(value):
         return f"{name} {show_raw(value)} holds white space or control characters"
     return None
 

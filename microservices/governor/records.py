@@ -21,6 +21,8 @@ OUTCOME_KEY_PREFIX = "quantum:governor:outcome:"
 KILL_SWITCH_KEY = "quantum:kill"
 EVENTS_STREAM = "quantum:stream:governor.events"
 BLOCK_TTL_SEC = 3600
+#: Compact JSON, text kept as UTF-8; one encoder for every record (``json.dumps`` with options builds one per call).
+JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 OUTCOME_TTL_SEC = 3600
 
 
@@ -69,32 +71,34 @@ def permit_json(plan: Plan, outcome: Outcome, now: float) -> str:
         "consumed": False,
         **hint_fields(outcome.hint),
     }
-    return json.dumps(permit, separators=(",", ":"), ensure_ascii=False)
+    return JSON.encode(permit)
 
 
 def block_json(plan: Plan, outcome: Outcome, now: float) -> str:
     record = {"reason": outcome.reason.value, "timestamp": now, "symbol": plan.symbol, "plan_id": plan.plan_id}
-    return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+    return JSON.encode(record)
 
 
-def event_fields(plan: Plan | InvalidPlan, outcome: Outcome, now: float) -> dict[str, str]:
-    """SPEC §3's event fields, plus ``source_id``: the plan's stream entry, which ties an event to its entry even
-    when the plan has no plan_id (a dead letter) or its plan_id was published twice."""
+def event_args(plan: Plan | InvalidPlan, outcome: Outcome, now: float) -> list[str]:
+    """SPEC §3's event fields as XADD's ``field value ...`` arguments, plus ``source_id``: the plan's stream entry,
+    which ties an event to its entry even when the plan has no plan_id (a dead letter) or its plan_id was published
+    twice."""
     if outcome.event is None:
         raise ValueError("an acknowledgement only has no event")
-    return {
-        "event": outcome.event.value,
-        "plan_id": plan.plan_id,
-        "symbol": plan.symbol,
-        "reason": outcome.reason.value,
-        "ts": f"{now:.3f}",
-        "source_id": plan.entry_id,
-    }
+    return [
+        "event", outcome.event.value,
+        "plan_id", plan.plan_id,
+        "symbol", plan.symbol,
+        "reason", outcome.reason.value,
+        "ts", f"{now:.3f}",
+        "source_id", plan.entry_id,
+    ]  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
 class OutcomeMarker:
-    """The outcome recorded for a plan_id: which event, why, and for which stream entry."""
+    """The outcome recorded for a plan_id: which event, why, and for which stream entry. Stored as the text
+    ``"<event> <reason> <entry_id>"`` (none of the three holds a space)."""
 
     event: str
     reason: str
@@ -105,18 +109,15 @@ class OutcomeMarker:
         """None when absent, or when not a marker this code wrote (treated as absent: the plan is decided)."""
         if not isinstance(raw, bytes | str):
             return None
-        try:
-            data = json.loads(raw)
-            return cls(str(data["event"]), str(data["reason"]), str(data["entry_id"]))
-        except (ValueError, TypeError, KeyError):
-            return None
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+        parts = text.split(" ")
+        return cls(*parts) if len(parts) == 3 else None
 
 
-def outcome_marker(plan: Plan, outcome: Outcome, now: float) -> str:
+def outcome_marker(plan: Plan, outcome: Outcome) -> str:
     if outcome.event is None:
         raise ValueError("an acknowledgement only records nothing")
-    marker = {"event": outcome.event.value, "reason": outcome.reason.value, "entry_id": plan.entry_id, "ts": now}
-    return json.dumps(marker, separators=(",", ":"), ensure_ascii=False)
+    return f"{outcome.event.value} {outcome.reason.value} {plan.entry_id}"
 
 
 def dead_letter_fields(

@@ -15,6 +15,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from microservices.devtools.redis_server import RedisServer
+from microservices.governor.gate import GateState
 from tests.daemons import Daemon, daemon_env, run_once
 from tests.redis_util import hset_text, stream_entries
 
@@ -76,16 +77,8 @@ def set_eff(r: redis.Redis, symbol: str, score: str, confidence: str = "0.9", ts
 def seed_gate(r: redis.Redis, symbol: str, last_ago: float, recent_ago: list[float], extra: int = 0) -> None:
     """A symbol's gate as if permits had been written ``recent_ago`` seconds ago (the last ``last_ago`` ago)."""
     now = time.time()
-    hset_text(
-        r,
-        GATE + symbol,
-        {
-            "last_permit_ts": f"{now - last_ago:.6f}",
-            "extra_cooldown_sec": str(extra),
-            "recent_permits": ",".join(f"{now - ago:.6f}" for ago in sorted(recent_ago, reverse=True)),
-            "last_plan_id": "seeded",
-        },
-    )
+    state = GateState(now - last_ago, extra, tuple(sorted(now - ago for ago in recent_ago)))
+    r.set(GATE + symbol, state.encode("seeded"))
 
 
 def get_text(r: redis.Redis, key: str) -> str | None:

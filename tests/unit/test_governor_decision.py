@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -180,22 +181,15 @@ def test_after_permit_keeps_only_the_last_hour() -> None:
     assert state == GateState(NOW, 96, (NOW - 10, NOW))
 
 
-def test_gate_hash_round_trips_and_malformed_fields_read_as_absent() -> None:
+def test_gate_round_trips_and_malformed_values_read_as_absent() -> None:
     state = GateState(NOW, 96, (NOW - 10, NOW))
-    fields = state.hash_fields("p1")
-    values = [
-        fields["last_permit_ts"].encode(),
-        fields["extra_cooldown_sec"].encode(),
-        fields["recent_permits"].encode(),
-    ]
-    parsed, problem = parse_gate(values)
-    assert problem is None
-    assert parsed.last_permit_ts == pytest.approx(NOW)
-    assert parsed.extra_cooldown_sec == 96
-    assert parsed.recent == pytest.approx((NOW - 10, NOW))
-    broken, problem = parse_gate([b"yesterday", b"-5", b"1,x"])
-    assert broken == EMPTY_GATE
-    assert problem is not None and "last_permit_ts" in problem and "recent_permits" in problem
+    assert parse_gate(state.encode("p1").encode()) == (state, None)
+    assert json.loads(state.encode("p1"))["last_plan_id"] == "p1"
+    for raw in (b"yesterday", b"[1, 2]", b'{"last_permit_ts": "x"}', b'{"extra_cooldown_sec": -5}',
+                b'{"recent_permits": [1, "x"]}', b'{"last_permit_ts": NaN}', b"\xff"):  # fmt: skip
+        parsed, problem = parse_gate(raw)
+        assert problem is not None, raw
+        assert parsed.extra_cooldown_sec == 0 and parsed.recent == ()
     assert parse_gate(None) == (EMPTY_GATE, None)
 
 
@@ -307,3 +301,18 @@ def test_a_permit_never_scales_up_and_only_ok_scores_act(
     assert 0 <= outcome.computed_qty <= 10.0
     if reason is not EffReason.OK or reducing or mode == "off" or finite is None or finite >= 0.45:
         assert (outcome.hint.action, outcome.hint.factor, outcome.hint.extra_cooldown_sec) == (EffAction.NONE, 1.0, 0)
+
+
+@given(
+    last=st.one_of(st.none(), st.floats(1, 4e9)),
+    extra=st.integers(0, 10**6),
+    recent=st.lists(st.floats(1, 4e9), max_size=5),
+    plan_id=st.text(max_size=20),
+)
+def test_gate_encoding_round_trips_whatever_the_plan_id(
+    last: float | None, extra: int, recent: list[float], plan_id: str
+) -> None:
+    state = GateState(last, extra, tuple(sorted(recent)))
+    text = state.encode(plan_id)
+    assert json.loads(text)["last_plan_id"] == plan_id
+    assert parse_gate(text.encode("utf-8", "surrogatepass")) == (state, None)
