@@ -43,7 +43,7 @@ from microservices.allocation_target.settings import DEFAULT_STREAM
 from microservices.core.efficiency import EFFICIENCY_KEY_PREFIX
 from microservices.devtools.daemon_process import DaemonFailedError, DaemonProcess, http_get, metric_value
 from microservices.devtools.redis_server import RedisServer
-from microservices.governor.records import EVENTS_STREAM, block_key, outcome_key, permit_key
+from microservices.governor.records import EVENTS_STREAM, OutcomeMarker, block_key, outcome_key, permit_key
 from microservices.governor.settings import DEFAULT_PLANS_STREAM
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -692,12 +692,14 @@ def read_governor_results(
             pipe.get(permit_key(plan_id))
             pipe.get(block_key(plan_id))
             pipe.get(outcome_key(plan_id))
-            permit, block, marker = (_json(cast(bytes | None, raw)) for raw in pipe.execute())
+            raw_permit, raw_block, raw_marker = pipe.execute()
+            permit, block = _json(raw_permit), _json(raw_block)
+            marker = OutcomeMarker.parse(raw_marker)
             mine = [e for e in events if e.get("plan_id") == plan_id]
         else:
             mine = [e for e in events if not e.get("plan_id") and e.get("event") == EVENT_OF[DEAD_LETTER]]
         dead = [d for d in dlq if d.get("source_id") == entry_id]
-        decided_entry = str(marker["entry_id"]) if marker is not None else None
+        decided_entry = marker.entry_id if marker is not None else None
         results.append(PlanResult(case, entry_id, permit, block, mine, dead, decided_entry, entry_id in pending))
     return results, events
 
