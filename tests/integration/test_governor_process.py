@@ -815,3 +815,33 @@ def test_metrics_in_off_mode_have_only_the_disabled_series(
         assert daemon.metric("p32_eff_factor", 'symbol="DOWN"') == 1.0
     finally:
         daemon.close()
+
+
+def test_keys_of_the_wrong_type_fail_open_and_are_reported(r: redis.Redis, redis_server: RedisServer) -> None:
+    """A kill switch that is not a string reads as disengaged; a gate or outcome marker of another type reads as
+    absent and is written anew; an efficiency key of another type is redis_error. Each is counted and logged, and
+    nothing crashes."""
+    r.rpush(KILL, "1")
+    r.rpush(GATE + "G", "junk")  # the governor's own keys: replaced by the next permit
+    r.rpush("quantum:governor:outcome:m-1", "junk")
+    r.set(GATE + "J", "{not json")
+    r.rpush(EFF + "L", "0.2")
+    for fields in (plan("g-1", "G"), plan("m-1", "M"), plan("j-1", "J"), plan("l-1", "L")):
+        publish(r, fields)
+    log = govern(redis_server.url)
+    assert_recorded(r, {"g-1": PERMITTED, "m-1": PERMITTED, "j-1": PERMITTED, "l-1": PERMITTED})
+    assert "kill switch quantum:kill cannot be read" in log
+    assert "gate of J cannot be used" in log
+    assert r.type(GATE + "G") == b"string" and json.loads(get_text(r, GATE + "G") or "")["last_plan_id"] == "g-1"
+    assert get_text(r, "quantum:governor:outcome:m-1") is not None
+    assert hint(r, "l-1")[:4] == (*NEUTRAL, "redis_error")
+    assert r.lrange(KILL, 0, -1) == [b"1"]  # never written
+
+
+def test_a_permit_key_of_another_type_is_never_overwritten(r: redis.Redis, redis_server: RedisServer) -> None:
+    r.hset(PERMIT + "h-1", "foreign", "1")
+    publish(r, plan("h-1", "H"))
+    log = govern(redis_server.url)
+    assert r.hgetall(PERMIT + "h-1") == {b"foreign": b"1"}
+    assert "permit h-1: the key exists already, not written" in log
+    assert pending(r) == 0
