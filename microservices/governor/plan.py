@@ -24,27 +24,19 @@ EntryFields = Mapping[bytes, bytes] | Mapping[str, str]
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """A well-formed plan. ``entry_id`` is the stream entry id; its time part is when the plan was published."""
+    """A well-formed plan. ``entry_id`` is the stream entry id; ``published_at`` its time part, when the plan was
+    published; ``reducing`` whether it reduces a position (:func:`is_reducing`)."""
 
     entry_id: str
+    published_at: float
     plan_id: str
     symbol: str
     action: str
     decision: str
-    side: str
     qty: float
     notional: float
-    reduce_only: bool
+    reducing: bool
     kill_score: float | None
-    fields: Mapping[str, str]
-
-    @property
-    def reducing(self) -> bool:
-        return is_reducing(self.action, self.reduce_only)
-
-    @property
-    def published_at(self) -> float:
-        return entry_time(self.entry_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,16 +127,16 @@ def parse_plan(entry_id: str, fields: EntryFields) -> Plan | InvalidPlan:
         numbers[name], problem = _number(text, name)
         if problem is not None:
             return InvalidPlan(entry_id, text, problem)
+    action = text.get("action", "")
     return Plan(
         entry_id=entry_id,
+        published_at=entry_time(entry_id),
         plan_id=text["plan_id"],
         symbol=text["symbol"],
-        action=text.get("action", ""),
+        action=action,
         decision=text.get("decision", ""),
-        side=text.get("side", ""),
         qty=numbers["qty"] or 0.0,
         notional=numbers["notional"] or 0.0,
-        reduce_only=text.get("reduceOnly", "").lower() in TRUE_FLAGS,
+        reducing=is_reducing(action, text.get("reduceOnly", "").lower() in TRUE_FLAGS),
         kill_score=numbers["kill_score"],
-        fields=text,
     )
