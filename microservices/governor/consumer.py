@@ -367,7 +367,7 @@ class Governor:
             tx.watch(*self._watched_keys(plans))  # type: ignore[no-untyped-call]  # untyped upstream
         try:
             now = self._clock()
-            decided = self._decide(parsed, now)
+            decided = self._hold_unwritable_dead_letters(self._decide(parsed, now))
             writes: AnyPipeline = tx if tx is not None else self._client.pipeline(transaction=False)
             if tx is not None:
                 tx.multi()
@@ -375,7 +375,8 @@ class Governor:
             if tx is None:  # cluster: the outcomes first, then (only then) the acknowledgements
                 results = list(writes.execute(raise_on_error=False))
                 acks = self._client.pipeline(transaction=False)
-                acks.xack(self._stream, self._group, *[d.delivery.entry_id for d in decided])
+                if decided:
+                    acks.xack(self._stream, self._group, *[d.delivery.entry_id for d in decided])
                 results += acks.execute(raise_on_error=False)
             else:
                 results = writes.execute(raise_on_error=False)
@@ -472,6 +473,22 @@ class Governor:
             decided.append(Decided(delivery, plan, outcome))
         return decided
 
+    def _hold_unwritable_dead_letters(self, decided: list[Decided]) -> list[Decided]:
+        """The batch without its dead letters when the dead-letter stream cannot take them (a key of another type
+        under its name): inside MULTI/EXEC their XADD would fail while their XACK succeeded, losing the plan. They
+        stay pending, are reported, and are read again with the next pass over the pending list (a restart)."""
+        if not any(d.outcome.event is Event.DEAD_LETTER for d in decided):
+            return decided
+        kind = _text(self._client.type(self._settings.dead_letter_stream))
+        if kind in ("stream", "none"):
+            return decided
+        held = [d for d in decided if d.outcome.event is Event.DEAD_LETTER]
+        self._metrics.redis_errors.inc(len(held))
+        first = held[0]
+        log.error("%d dead letter(s) left pending: %s is a %s, not a stream; e.g. entry %s (%s)", len(held),
+                  self._settings.dead_letter_stream, kind, first.delivery.entry_id, first.outcome.detail)  # fmt: skip
+        return [d for d in decided if d.outcome.event is not Event.DEAD_LETTER]
+
     def _kill_switch(self, reply: object) -> KillSwitch:
         if isinstance(reply, Exception):
             self._metrics.unreadable_state.labels("kill_switch").inc()
@@ -533,7 +550,7 @@ class Governor:
                 labels.append(("outcome marker", plan.plan_id))
             command("XADD", EVENTS_STREAM, "MAXLEN", "~", s.events_maxlen, "*", *event_args(plan, outcome, now))
             labels.append(("event", item.delivery.entry_id))
-        if self._transactional:
+        if self._transactional and decided:
             pipe.xack(self._stream, self._group, *[d.delivery.entry_id for d in decided])
         labels.append(("xack", f"{len(decided)} entries"))
         return labels

@@ -845,3 +845,19 @@ def test_a_permit_key_of_another_type_is_never_overwritten(r: redis.Redis, redis
     assert r.hgetall(PERMIT + "h-1") == {b"foreign": b"1"}
     assert "permit h-1: the key exists already, not written" in log
     assert pending(r) == 0
+
+
+def test_dead_letters_stay_pending_while_the_dead_letter_stream_cannot_take_them(
+    r: redis.Redis, redis_server: RedisServer
+) -> None:
+    r.set(DLQ, "not a stream")
+    publish(r, {"symbol": "X", "decision": "EXECUTE"})  # no plan_id: a dead letter
+    publish(r, plan("ok-1", "X", "CLOSE"))
+    log = govern(redis_server.url)
+    assert "dead letter(s) left pending" in log and "is a string, not a stream" in log
+    assert outcomes(r) == {"ok-1": PERMITTED}  # the rest of the batch is decided
+    assert pending(r) == 1
+    r.delete(DLQ)
+    govern(redis_server.url)  # the next pass over the pending list delivers it again
+    assert [d["reason"] for d in stream_entries(r, DLQ)] == ["invalid_plan"]
+    assert pending(r) == 0
