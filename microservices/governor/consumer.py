@@ -1,18 +1,21 @@
-"""The governor's Redis side (SPEC §3): consume plans through the consumer group, read what the decisions need in one
-pipelined round trip per batch, and write each batch's outcomes in one ``MULTI``/``EXEC`` under ``WATCH``.
+"""The governor's consumption (SPEC §3): the consumer group, its own pending plans, claims of other consumers' idle
+plans, new plans; each batch read, decided and written as :mod:`microservices.governor.batch` describes.
 
 The delivery guarantee rests on three things:
 
 * a plan is acknowledged only by the transaction that records its outcome (permit or block record, gate state,
-  outcome marker, event, ``XACK``), so a governor killed at any instant leaves each plan either fully decided or still
-  pending, and a pending plan is re-read on start (same consumer name) or claimed by another consumer;
-* every key a decision reads and another writer could change (the permit and outcome marker of each plan, each
-  symbol's gate, the kill switch) is ``WATCH``-ed before it is read, so if a replica decides the same plan or passes
-  the same symbol's cooldown first, ``EXEC`` does nothing and the batch is read and decided again;
-* a plan whose outcome marker or permit exists is only acknowledged: nothing is rewritten and no event is added.
+  dead-letter entry, outcome marker, event, ``XACK``), so a governor killed at any instant leaves each plan either
+  fully decided or still pending, and a pending plan is re-read on start (same consumer name) or claimed by another
+  consumer;
+* every key a decision reads and another writer could change (each outcome marker, each symbol's gate, the kill
+  switch) is ``WATCH``-ed before it is read, so if a replica decides the same entry or passes the same symbol's
+  cooldown first, ``EXEC`` does nothing and the batch is read and decided again;
+* an entry whose outcome is recorded, or a plan_id with a permit, is only acknowledged: nothing is rewritten and no
+  event is added. An entry whose outcome this consumer wrote without learning it (the connection died during
+  ``EXEC``) is counted in the metrics when it comes back.
 
-Under Redis Cluster a transaction cannot span slots: the outcome's writes go first in a plain pipeline, the ``XACK``
-after them, and the permit's ``SET NX`` keeps the permit unique (an event may then repeat after a crash).
+Under Redis Cluster a transaction cannot span slots: each outcome's own records are written first, its marker and
+event only once they succeeded, and the ``XACK`` last; the permit's ``SET NX`` keeps the permit unique.
 """
 
 from __future__ import annotations
@@ -21,49 +24,19 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
+import redis
 from redis.client import Pipeline
-from redis.cluster import ClusterPipeline
 from redis.exceptions import ResponseError, WatchError
 
-from microservices.core.efficiency import EfficiencyReading
-from microservices.core.efficiency_reads import efficiency_readings, queue_efficiency_read
 from microservices.core.logs import LogThrottle
-from microservices.core.redis_client import RedisClient
-from microservices.governor.decision import (
-    Event,
-    Facts,
-    KillSwitch,
-    Outcome,
-    Policy,
-    decide,
-)
-from microservices.governor.gate import (
-    EMPTY_GATE,
-    GATE_KEY_PREFIX,
-    GateState,
-    parse_gate,
-)
+from microservices.core.redis_client import REDIS_ERRORS, RedisClient
+from microservices.governor.batch import PERMIT, BatchIO, Decided, Delivery, Parsed
+from microservices.governor.decision import Event, Outcome, Reason
 from microservices.governor.metrics import BatchTally, GovernorMetrics
-from microservices.governor.plan import EXECUTE, InvalidPlan, Plan, entry_time, parse_plan
-from microservices.governor.records import (
-    BLOCK_TTL_SEC,
-    EVENTS_STREAM,
-    KILL_SWITCH_KEY,
-    OUTCOME_TTL_SEC,
-    OutcomeMarker,
-    block_json,
-    block_key,
-    dead_letter_fields,
-    event_args,
-    outcome_key,
-    outcome_marker,
-    permit_json,
-    permit_key,
-)
+from microservices.governor.plan import entry_time
 from microservices.governor.settings import GovernorSettings
 
 log = logging.getLogger(__name__)
@@ -81,75 +54,24 @@ GAUGES_EVERY_SEC = 1.0
 #: How often a summary of the outcomes is logged, seconds.
 SUMMARY_EVERY_SEC = 60.0
 FIRST_ID = "0"
-PERMIT_LABEL = "permit"
-AnyPipeline = Pipeline | ClusterPipeline
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """One stream entry as delivered to this consumer: ``fields`` is empty when the entry was deleted from the stream
-    while pending; ``deliveries`` is Redis's delivery counter, this delivery included."""
-
-    entry_id: str
-    fields: dict[bytes, bytes]
-    deliveries: int = 1
-
-    def parse(self) -> Plan | InvalidPlan:
-        if not self.fields:
-            return InvalidPlan(self.entry_id, {}, "entry deleted from the stream while pending")
-        return parse_plan(self.entry_id, self.fields)
-
-
-@dataclass(frozen=True, slots=True)
-class PlanReads:
-    """What was read about one plan: ``gate`` is None when the decision cannot use it (not read)."""
-
-    permit_exists: bool
-    marker: OutcomeMarker | None
-    reading: EfficiencyReading | None
-    gate: GateState | None
-
-    def redelivered(self, entry_id: str) -> str | None:
-        """Why this very entry counts as decided already (a re-delivery after its outcome was written), or None."""
-        if self.marker is not None and self.marker.entry_id == entry_id:
-            return f"this entry was decided already ({self.marker.event} {self.marker.reason})"
-        return None
-
-    @property
-    def permitted(self) -> str | None:
-        """Why the plan_id counts as permitted already (SPEC §3 step 3), or None: its permit exists, or it was
-        granted before (the permit key alone expires after PERMIT_TTL_SEC, or is consumed)."""
-        if self.permit_exists:
-            return "a permit for this plan_id exists"
-        if self.marker is not None and self.marker.event == Event.PERMIT.value:
-            return f"this plan_id was permitted (entry {self.marker.entry_id})"
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class Decided:
-    delivery: Delivery
-    plan: Plan | InvalidPlan
-    outcome: Outcome
+#: The message of redis-py's WatchError for a real conflict; any other WatchError is a connection lost while watching.
+WATCH_CONFLICT = "Watched variable changed."
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _entry_key(entry_id: str) -> tuple[int, int]:
+    """A stream entry id as a value that orders like the ids do."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 def _deliveries(entries: Any, counts: dict[str, int] | None = None) -> list[Delivery]:
     """Deliveries from the ``[(id, fields), ...]`` part of an XREADGROUP or XAUTOCLAIM reply."""
     counts = counts or {}
     return [Delivery(_text(i), f or {}, counts.get(_text(i), 1)) for i, f in entries]
-
-
-def _flat(fields: Mapping[Any, Any]) -> list[Any]:
-    """``{field: value, ...}`` as the ``field value field value ...`` arguments of HSET and XADD."""
-    return [part for pair in fields.items() for part in pair]
-
-
-def _gate_key(symbol: str) -> str:
-    return GATE_KEY_PREFIX + symbol
 
 
 class Governor:
@@ -171,12 +93,11 @@ class Governor:
         self._clock = clock
         self._monotonic = monotonic
         self._batch = batch_size
-        self._policy = Policy.from_settings(settings)
-        self._efficiency = settings.efficiency_policy
         self._stream = settings.plans_stream
         self._group = settings.group
         self._consumer = settings.consumer
         self._transactional = not settings.redis_cluster
+        self._io = BatchIO(client, settings, metrics, transactional=self._transactional)
         self._group_ready = False
         #: Where the pass over this consumer's own pending plans stands; None when no pass is due.
         self._pending_cursor: str | None = FIRST_ID
@@ -208,8 +129,9 @@ class Governor:
             raise
 
     def drain(self, stop: threading.Event) -> int:
-        """``--once``: decide every plan the stream holds for this group now (own pending, claimable, new), then
-        return. Returns how many plans were delivered."""
+        """``--once``: decide every plan the stream holds for this group now (own pending, claimable, new, up to
+        the last entry at the start, so that producers that keep up cannot keep it running), then return. Returns
+        how many plans were delivered."""
         total = 0
         try:
             self._ensure_group()
@@ -223,9 +145,12 @@ class Governor:
                 total += len(deliveries)
                 if cursor == "0-0":
                     break
+            last = _entry_key(_text(self._client.xinfo_stream(self._stream)["last-generated-id"]))
             while not stop.is_set() and (deliveries := self._read_new(None)):
                 self._process(deliveries)
                 total += len(deliveries)
+                if _entry_key(deliveries[-1].entry_id) >= last:  # what the stream held at the start is decided
+                    break
             self._refresh_gauges(force=True)
             return total
         except BaseException as exc:
@@ -326,13 +251,33 @@ class Governor:
     # --- deciding and writing -------------------------------------------------------------------------------------
 
     def _process(self, deliveries: Sequence[Delivery]) -> None:
+        """Decide and record a batch. A failure that is not Redis's (a bug, or a value nothing foresaw) must not stall
+        the stream behind one plan: the batch is then decided plan by plan, and a plan that still cannot be decided
+        becomes a dead letter that says why."""
         if not deliveries:
             return
         parsed = [(delivery, delivery.parse()) for delivery in deliveries]
+        try:
+            self._process_parsed(parsed)
+        except REDIS_ERRORS:
+            raise
+        except Exception:
+            log.exception("a batch of %d plans could not be decided; deciding them one by one", len(parsed))
+            for item in parsed:
+                try:
+                    self._process_parsed([item])
+                except REDIS_ERRORS:
+                    raise
+                except Exception as exc:
+                    self._dead_letter_undecidable(item, exc)
+
+    def _process_parsed(self, parsed: Sequence[Parsed]) -> None:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 decided, finished = self._decide_and_write(parsed)
-            except WatchError:
+            except WatchError as exc:
+                if str(exc) != WATCH_CONFLICT:  # the connection died while watching: EXEC may or may not have run
+                    raise redis.ConnectionError(str(exc)) from exc
                 self._metrics.conflicts.inc()
                 log.debug("batch of %d plans: a watched key changed, deciding again (attempt %d)", len(parsed), attempt)
                 continue
@@ -341,146 +286,77 @@ class Governor:
         self._pending_left_behind = True
         if self._pending_cursor is None:
             self._pending_cursor = FIRST_ID
-        log.warning(
-            "batch of %d plans left pending: other writers changed its keys %d times in a row",
-            len(parsed),
-            MAX_ATTEMPTS,
-        )
+        log.warning("batch of %d plans left pending: other writers changed its keys %d times in a row", len(parsed),
+                    MAX_ATTEMPTS)  # fmt: skip
 
-    def _watched_keys(self, plans: Sequence[Plan]) -> list[str]:
-        """The keys whose change by another writer would make the batch's decisions wrong: each plan's outcome
-        marker (a replica deciding the same entry writes it), each symbol's gate (a replica passing its cooldown),
-        the kill switch. A permit key is not watched: only a decision writes it, together with its marker, and its
-        ``SET NX`` never overwrites one. (Fewer keys matter: WATCH costs Redis more than linear time in them.)"""
-        keys = {KILL_SWITCH_KEY}
-        for plan in plans:
-            keys.add(outcome_key(plan.plan_id))
-            if plan.decision == EXECUTE and not plan.reducing:
-                keys.add(_gate_key(plan.symbol))
-        return list(keys)
-
-    def _decide_and_write(self, parsed: Sequence[tuple[Delivery, Plan | InvalidPlan]]) -> tuple[list[Decided], float]:
-        plans = [plan for _, plan in parsed if isinstance(plan, Plan)]
+    def _decide_and_write(self, parsed: Sequence[Parsed]) -> tuple[list[Decided], float]:
         tx: Pipeline | None = None
         if self._transactional:
             tx = cast(Pipeline, self._client.pipeline(transaction=True))
-            tx.watch(*self._watched_keys(plans))  # type: ignore[no-untyped-call]  # untyped upstream
+            tx.watch(*self._io.watched_keys(parsed))  # type: ignore[no-untyped-call]  # untyped upstream
         try:
             now = self._clock()
-            decided = self._hold_unwritable_dead_letters(self._decide(parsed, now))
-            writes: AnyPipeline = tx if tx is not None else self._client.pipeline(transaction=False)
-            if tx is not None:
-                tx.multi()
-            labels = self._queue_writes(writes, decided, now)
-            if tx is None:  # cluster: the outcomes first, then (only then) the acknowledgements
-                results = list(writes.execute(raise_on_error=False))
-                acks = self._client.pipeline(transaction=False)
-                if decided:
-                    acks.xack(self._stream, self._group, *[d.delivery.entry_id for d in decided])
-                results += acks.execute(raise_on_error=False)
-            else:
-                results = writes.execute(raise_on_error=False)
+            kill, reads = self._io.read(parsed, now)
+            decided = self._hold_unwritable_dead_letters(self._io.decide(parsed, kill, reads, now))
+            acked = self._write(decided, now, tx)
         finally:
             if tx is not None:
                 tx.reset()
-        finished = self._clock()
-        self._report_write_errors(results, labels)
-        return decided, finished
+        return acked, self._clock()
 
-    def _read(self, plans: Sequence[Plan], now: float) -> tuple[KillSwitch, list[PlanReads]]:
-        """What the decisions need, in one pipelined round trip (plus one only if some efficiency hash holds none
-        of the fields): the kill switch, and per plan its permit, its outcome marker and, where the decision can use
-        them, its symbol's gate and efficiency reading. On a single Redis one MGET per plan reads the three strings;
-        under a cluster, where they may live in different slots, one command each."""
-        mode_off = self._policy.mode == "off"
-        pipe = self._client.pipeline(transaction=False)
-        command = cast(Callable[..., object], pipe.execute_command)  # untyped on the cluster pipeline
-        command("GET", KILL_SWITCH_KEY)
-        for plan in plans:
-            keys = [permit_key(plan.plan_id), outcome_key(plan.plan_id)]
-            if plan.decision == EXECUTE and not plan.reducing:
-                keys.append(_gate_key(plan.symbol))
-            if self._transactional:
-                command("MGET", *keys)
-            else:
-                command("EXISTS", keys[0])
-                for key in keys[1:]:
-                    command("GET", key)
-            if plan.decision == EXECUTE and not mode_off:
-                queue_efficiency_read(pipe, plan.symbol.encode())
-        replies = iter(pipe.execute(raise_on_error=False))
-        kill = self._kill_switch(next(replies))
-        records: list[tuple[object, object, GateState | None]] = []
-        eff_symbols: list[bytes] = []
-        eff_replies: list[object] = []
-        for plan in plans:
-            wants_gate = plan.decision == EXECUTE and not plan.reducing
-            if self._transactional:
-                values = next(replies)
-                if isinstance(values, Exception):  # MGET fails only with the connection: retry the batch
-                    raise values
-            else:
-                values = [next(replies) for _ in range(3 if wants_gate else 2)]
-            permit, marker = values[0], values[1]
-            for reply in (permit, marker):
-                if isinstance(reply, Exception):  # EXISTS fails only with the connection; GET of our own marker too
-                    raise reply
-            records.append((permit, marker, self._gate_state(plan.symbol, values[2]) if wants_gate else None))
-            if plan.decision == EXECUTE and not mode_off:
-                eff_symbols.append(plan.symbol.encode())
-                eff_replies.append(next(replies))
-        readings = iter(efficiency_readings(self._client, eff_symbols, eff_replies, now, self._efficiency))
-        reads = [
-            PlanReads(
-                bool(permit),
-                OutcomeMarker.parse(marker),
-                next(readings) if plan.decision == EXECUTE and not mode_off else None,
-                gate,
-            )
-            for plan, (permit, marker, gate) in zip(plans, records, strict=True)
-        ]
-        return kill, reads
+    def _write(self, decided: Sequence[Decided], now: float, tx: Pipeline | None) -> list[Decided]:
+        """Record the outcomes and acknowledge their entries; returns those acknowledged. On a single Redis one
+        ``MULTI``/``EXEC`` (``tx``, already watching, or a fresh one) holds it all; a failed command inside it is
+        reported and the rest stands. Under a cluster: the outcomes' own records, then the markers and events of
+        those that succeeded, then the ``XACK`` of those; a plan whose writes failed stays pending."""
+        if self._transactional:
+            pipe = tx if tx is not None else cast(Pipeline, self._client.pipeline(transaction=True))
+            pipe.multi()
+            kinds: list[tuple[str, Decided]] = []
+            for item in decided:
+                kinds += [
+                    (kind, item) for kind in self._io.queue_records(pipe, item, now, primary=True, secondary=True)
+                ]
+            if decided:
+                pipe.xack(self._stream, self._group, *[d.delivery.entry_id for d in decided])
+            self._report_failed_writes(kinds, pipe.execute(raise_on_error=False))
+            return list(decided)
+        return self._write_in_cluster(decided, now)
 
-    def _decide(self, parsed: Sequence[tuple[Delivery, Plan | InvalidPlan]], now: float) -> list[Decided]:
-        """Decide the batch's plans in order, each seeing the gate state the plans before it leave."""
-        plans = [plan for _, plan in parsed if isinstance(plan, Plan)]
-        kill, reads = self._read(plans, now)
-        reads_of = dict(zip((id(plan) for plan in plans), reads, strict=True))
-        gates: dict[str, GateState] = {}
-        permitted_in_batch: dict[str, str] = {}  # plan_id -> why a later entry of it is acknowledged only
-        decided: list[Decided] = []
-        for delivery, plan in parsed:
-            if not isinstance(plan, Plan):
-                decided.append(Decided(delivery, plan, decide(plan, Facts(now, delivery.deliveries), self._policy)))
-                continue
-            read = reads_of[id(plan)]
-            if read.gate is not None:
-                gates.setdefault(plan.symbol, read.gate)
-            facts = Facts(
-                now=now,
-                deliveries=delivery.deliveries,
-                redelivered=read.redelivered(delivery.entry_id),
-                permitted=read.permitted or permitted_in_batch.get(plan.plan_id),
-                kill_switch=kill,
-                reading=read.reading,
-                gate=gates.get(plan.symbol, EMPTY_GATE),
-            )
-            outcome = decide(plan, facts, self._policy)
-            if outcome.gate_after is not None:
-                gates[plan.symbol] = outcome.gate_after
-            if outcome.event is Event.PERMIT:
-                permitted_in_batch[plan.plan_id] = f"permitted earlier in this batch (entry {delivery.entry_id})"
-            decided.append(Decided(delivery, plan, outcome))
-        return decided
+    def _write_in_cluster(self, decided: Sequence[Decided], now: float) -> list[Decided]:
+        failed: set[int] = set()
+        taken: set[int] = set()  # a permit SET NX found in place: another writer decided the plan first
+        for primary in (True, False):
+            pipe = self._client.pipeline(transaction=False)
+            kinds: list[tuple[str, int]] = []
+            for i, item in enumerate(decided):
+                if i not in failed and i not in taken:
+                    queued = self._io.queue_records(pipe, item, now, primary=primary, secondary=not primary)
+                    kinds += [(kind, i) for kind in queued]
+            results = pipe.execute(raise_on_error=False) if kinds else []
+            for (kind, i), result in zip(kinds, results, strict=True):
+                if isinstance(result, Exception):
+                    failed.add(i)
+                elif kind == PERMIT and not result:
+                    taken.add(i)
+            self._report_failed_writes([(kind, decided[i]) for kind, i in kinds], results)
+        acked = [item for i, item in enumerate(decided) if i not in failed]
+        if acked:
+            acks = self._client.pipeline(transaction=False)
+            acks.xack(self._stream, self._group, *[d.delivery.entry_id for d in acked])
+            acks.execute()
+        if failed:
+            raise redis.RedisError(f"{len(failed)} plan(s) left pending: their outcome could not be written")
+        return acked
 
     def _hold_unwritable_dead_letters(self, decided: list[Decided]) -> list[Decided]:
         """The batch without its dead letters when the dead-letter stream cannot take them (a key of another type
         under its name): inside MULTI/EXEC their XADD would fail while their XACK succeeded, losing the plan. They
-        stay pending, are reported, and are read again with the next pass over the pending list (a restart)."""
+        stay pending, are reported, and come back when the governor restarts or another consumer claims them."""
         if not any(d.outcome.event is Event.DEAD_LETTER for d in decided):
             return decided
-        kind = _text(self._client.type(self._settings.dead_letter_stream))
-        if kind in ("stream", "none"):
+        kind = self._io.dead_letter_stream_usable()
+        if kind is None:
             return decided
         held = [d for d in decided if d.outcome.event is Event.DEAD_LETTER]
         self._metrics.redis_errors.inc(len(held))
@@ -489,90 +365,27 @@ class Governor:
                   self._settings.dead_letter_stream, kind, first.delivery.entry_id, first.outcome.detail)  # fmt: skip
         return [d for d in decided if d.outcome.event is not Event.DEAD_LETTER]
 
-    def _kill_switch(self, reply: object) -> KillSwitch:
-        if isinstance(reply, Exception):
-            self._metrics.unreadable_state.labels("kill_switch").inc()
-            self._throttle.log(
-                log,
-                logging.WARNING,
-                "kill_switch",
-                "kill switch %s cannot be read (%s): treated as disengaged",
-                KILL_SWITCH_KEY,
-                reply,
-            )
-            return KillSwitch.OFF
-        return KillSwitch.from_value(reply)  # type: ignore[arg-type]
+    def _dead_letter_undecidable(self, item: Parsed, exc: Exception) -> None:
+        delivery, plan = item
+        log.error("entry %s (plan_id %r) could not be decided (%s: %s): sending it to the dead-letter stream",
+                  delivery.entry_id, plan.plan_id, type(exc).__name__, exc, exc_info=exc)  # fmt: skip
+        outcome = Outcome(Event.DEAD_LETTER, Reason.INVALID_PLAN, f"could not be decided: {type(exc).__name__}: {exc}")
+        now = self._clock()
+        decided = self._hold_unwritable_dead_letters([Decided(delivery, plan, outcome)])
+        self._account(self._write(decided, now, None), self._clock())
 
-    def _gate_state(self, symbol: str, reply: object) -> GateState:
-        """The gate as read. One that cannot be read (a key of another type) or parsed holds nothing back: counted,
-        logged, and written anew by the symbol's next permit."""
-        problem: str | None
-        if isinstance(reply, Exception):
-            state, problem = EMPTY_GATE, str(reply)
-        else:
-            state, problem = parse_gate(cast(bytes | None, reply))
-        if problem is not None:
-            self._metrics.unreadable_state.labels("gate").inc()
-            message = "gate of %s cannot be used (%s): no cooldown or limit applied; rewritten by its next permit"
-            self._throttle.log(log, logging.WARNING, "gate:" + symbol, message, symbol, problem)
-        return state
-
-    def _queue_writes(self, pipe: AnyPipeline, decided: Sequence[Decided], now: float) -> list[tuple[str, str]]:
-        """Queue every outcome's writes and, on a single Redis, the batch's ``XACK``; returns a label per command
-        for error reports."""
-        s = self._settings
-        labels: list[tuple[str, str]] = []
-        command = cast(Callable[..., object], pipe.execute_command)  # untyped on the cluster pipeline
-        for item in decided:
-            plan, outcome = item.plan, item.outcome
-            event = outcome.event
-            if event is None:
-                continue
-            # execute_command with the arguments spelled out: the typed helpers cost more than the rest of a plan
-            if event is Event.PERMIT and isinstance(plan, Plan):
-                command("SET", permit_key(plan.plan_id), permit_json(plan, outcome, now), "NX", "EX", s.permit_ttl_sec)
-                labels.append((PERMIT_LABEL, plan.plan_id))
-                gate = outcome.gate_after
-                if gate is not None:
-                    ttl = gate.ttl_sec(self._policy.gate)
-                    command("SET", _gate_key(plan.symbol), gate.encode(plan.plan_id), "EX", ttl)
-                    labels.append(("gate", plan.symbol))
-            elif event is Event.BLOCK and isinstance(plan, Plan):
-                command("SET", block_key(plan.plan_id), block_json(plan, outcome, now), "EX", BLOCK_TTL_SEC)
-                labels.append(("block", plan.plan_id))
-            elif event is Event.DEAD_LETTER:
-                fields = dead_letter_fields(item.delivery.fields, outcome, item.delivery.entry_id,
-                                            item.delivery.deliveries)  # fmt: skip
-                command("XADD", s.dead_letter_stream, "*", *_flat(fields))
-                labels.append(("dead letter", item.delivery.entry_id))
-            if isinstance(plan, Plan):
-                command("SET", outcome_key(plan.plan_id), outcome_marker(plan, outcome), "EX", OUTCOME_TTL_SEC)
-                labels.append(("outcome marker", plan.plan_id))
-            command("XADD", EVENTS_STREAM, "MAXLEN", "~", s.events_maxlen, "*", *event_args(plan, outcome, now))
-            labels.append(("event", item.delivery.entry_id))
-        if self._transactional and decided:
-            pipe.xack(self._stream, self._group, *[d.delivery.entry_id for d in decided])
-        labels.append(("xack", f"{len(decided)} entries"))
-        return labels
-
-    def _report_write_errors(self, results: Sequence[object], labels: Sequence[tuple[str, str]]) -> None:
-        """Log and count the writes of a decided batch that failed. A permit whose ``SET NX`` wrote nothing (a key of
-        another type under its name, or a permit some other writer made since the read) is reported too: the
-        existing key is left as it is, never overwritten."""
-        failed: list[tuple[str, object]] = []
-        for (kind, ident), result in zip(labels, results, strict=False):
+    def _report_failed_writes(self, kinds: Sequence[tuple[str, Decided]], results: Sequence[object]) -> None:
+        """Log and count the writes that failed. A permit whose ``SET NX`` wrote nothing (a permit another writer
+        made since the read) is reported too: the existing key is left as it is, never overwritten."""
+        failed: list[str] = []
+        for (kind, item), result in zip(kinds, results, strict=False):
             if isinstance(result, Exception):
-                failed.append((f"{kind} {ident}", result))
-            elif kind == PERMIT_LABEL and not result:
-                failed.append((f"{kind} {ident}", "the key exists already, not written"))
-        if not failed:
-            return
-        self._metrics.redis_errors.inc(len(failed))
-        log.error(
-            "%d write(s) of a decided batch failed (the rest were written): %s",
-            len(failed),
-            "; ".join(f"{label}: {exc}" for label, exc in failed[:5]),
-        )
+                failed.append(f"{kind} of entry {item.delivery.entry_id}: {result}")
+            elif kind == PERMIT and not result:
+                failed.append(f"permit {item.plan.plan_id}: the key exists already, not written")
+        if failed:
+            self._metrics.redis_errors.inc(len(failed))
+            log.error("%d write(s) of a decided batch failed: %s", len(failed), "; ".join(failed[:5]))
 
     # --- accounting -------------------------------------------------------------------------------------------------
 
@@ -583,9 +396,7 @@ class Governor:
         for item in decided:
             plan, outcome = item.plan, item.outcome
             if outcome.event is None:
-                tally.already_decided += 1
-                log.info("plan %s (entry %s): %s; acknowledged only", plan.plan_id, item.delivery.entry_id,
-                         outcome.detail)  # fmt: skip
+                self._account_acknowledged(item, tally)
                 continue
             event, reason = outcome.event.value, outcome.reason.value
             tally.outcomes[event, reason] += 1
@@ -611,6 +422,22 @@ class Governor:
         for (event, reason), n in tally.outcomes.items():
             self._summary[f"{event}:{reason}"] += n
         self._log_summary()
+
+    def _account_acknowledged(self, item: Decided, tally: BatchTally) -> None:
+        """An entry only acknowledged. If this consumer wrote its outcome before without learning it (the connection
+        died during EXEC, or the process was killed), the outcome is counted now, once."""
+        prior, entry_id = item.prior, item.delivery.entry_id
+        if prior is not None and prior.entry_id == entry_id and prior.consumer == self._consumer:
+            tally.outcomes[prior.event, prior.reason] += 1
+            if prior.event == Event.PERMIT.value:
+                tally.eff_apply[prior.eff_action, prior.eff_reason] += 1
+            elif prior.event == Event.DEAD_LETTER.value:
+                tally.dead_letters[prior.reason] += 1
+            log.info("entry %s: its %s (%s) was written by this consumer unconfirmed; counted now", entry_id,
+                     prior.event, prior.reason)  # fmt: skip
+            return
+        tally.already_decided += 1
+        log.info("plan %s (entry %s): %s; acknowledged only", item.plan.plan_id, entry_id, item.outcome.detail)
 
     def _log_summary(self) -> None:
         now = self._monotonic()

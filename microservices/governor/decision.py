@@ -154,7 +154,7 @@ def hint_for(plan: Plan, reading: EfficiencyReading | None, policy: Policy) -> D
 
 
 def decide(plan: Plan | InvalidPlan, facts: Facts, policy: Policy) -> Outcome:
-    if facts.redelivered is not None and isinstance(plan, Plan):
+    if facts.redelivered is not None:
         return Outcome(None, Reason.ALREADY_DECIDED, facts.redelivered)
     if facts.deliveries > policy.max_deliveries:
         return Outcome(
@@ -168,6 +168,8 @@ def decide(plan: Plan | InvalidPlan, facts: Facts, policy: Policy) -> Outcome:
         return Outcome(Event.SKIP, Reason.NOT_EXECUTE, f"decision {plan.decision!r}")
     if facts.permitted is not None:  # 3
         return Outcome(None, Reason.ALREADY_DECIDED, facts.permitted)
+    if plan.quantity_problem is not None:  # an EXECUTE plan whose quantity cannot be known
+        return Outcome(Event.DEAD_LETTER, Reason.INVALID_PLAN, plan.quantity_problem)
     age = facts.now - plan.published_at
     if age > policy.plan_max_age_sec:  # 4
         return _block(Reason.STALE_PLAN, f"published {age:.0f}s ago > {policy.plan_max_age_sec:g}s")
@@ -179,6 +181,8 @@ def decide(plan: Plan | InvalidPlan, facts: Facts, policy: Policy) -> Outcome:
     hint = hint_for(plan, facts.reading, policy)
     gate_after = None
     if not reducing:  # 6
+        if plan.kill_score_problem is not None:  # a risk score that cannot be read holds the plan back
+            return _block(Reason.KILL_SCORE, plan.kill_score_problem)
         if plan.kill_score is not None and plan.kill_score >= policy.kill_score_critical:
             return _block(Reason.KILL_SCORE, f"kill_score {plan.kill_score:g} >= {policy.kill_score_critical:g}")
         held = gate_block(facts.gate, policy.gate, facts.now)

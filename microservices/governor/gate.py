@@ -65,32 +65,43 @@ class GateState:
 EMPTY_GATE = GateState()
 
 
+#: Largest extra cooldown a gate may hold, seconds: what the settings accept for P31_MAX_EXTRA_COOLDOWN_SEC.
+MAX_EXTRA_COOLDOWN_SEC = 2**31 - 1
+
+
 def _epoch(value: object) -> float | None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-    return float(value) if ok else None  # type: ignore[arg-type]
+    """A positive, finite epoch time in seconds, or None (for any other JSON value, however large)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds > 0 else None
 
 
 def parse_gate(raw: Raw) -> tuple[GateState, str | None]:
     """The gate state from the key's value (None: no key), and what was malformed in it (None: nothing).
 
     Anything malformed is read as absent: a gate that cannot be read holds nothing back (fail-open, reported), and
-    the next permit writes it anew.
+    the next permit writes it anew. Whatever the value holds, this returns: a hostile value (a huge number, deeply
+    nested arrays) must not stop the governor.
     """
     if raw is None:
         return EMPTY_GATE, None
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return EMPTY_GATE, f"not JSON: {show_raw(raw)}"
     if not isinstance(data, dict):
         return EMPTY_GATE, f"not a JSON object: {show_raw(raw)}"
     problems: list[str] = []
     last = _epoch(data.get(LAST_PERMIT_FIELD))
     if last is None and data.get(LAST_PERMIT_FIELD) is not None:
-        problems.append(f"{LAST_PERMIT_FIELD} {data.get(LAST_PERMIT_FIELD)!r}")
+        problems.append(f"{LAST_PERMIT_FIELD} {show_raw(str(data.get(LAST_PERMIT_FIELD)))}")
     extra = data.get(EXTRA_COOLDOWN_FIELD, 0)
-    if not isinstance(extra, int) or isinstance(extra, bool) or extra < 0:
-        problems.append(f"{EXTRA_COOLDOWN_FIELD} {extra!r}")
+    if isinstance(extra, bool) or not isinstance(extra, int) or not 0 <= extra <= MAX_EXTRA_COOLDOWN_SEC:
+        problems.append(f"{EXTRA_COOLDOWN_FIELD} {show_raw(str(extra))}")
         extra = 0
     times = data.get(RECENT_FIELD, [])
     recent = [_epoch(t) for t in times] if isinstance(times, list) else [None]

@@ -37,6 +37,11 @@ class Plan:
     notional: float
     reducing: bool
     kill_score: float | None
+    #: What is wrong with ``qty`` or ``notional`` (present but not a finite number): an EXECUTE plan cannot be
+    #: permitted with a number guessed for it.
+    quantity_problem: str | None = None
+    #: What is wrong with ``kill_score`` (present but not a finite number): a non-reducing plan is held back.
+    kill_score_problem: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +112,9 @@ def _number(fields: Mapping[str, str], name: str) -> tuple[float | None, str | N
 
 
 def parse_plan(entry_id: str, fields: EntryFields) -> Plan | InvalidPlan:
-    """Parse one stream entry. Missing or malformed ``plan_id``/``symbol`` (SPEC §3 step 1), and a numeric field that
-    is present but not a finite number, make the plan invalid: a wrong number is never guessed into a permit."""
+    """Parse one stream entry. Only a missing or malformed ``plan_id`` or ``symbol`` makes the plan invalid (SPEC §3
+    step 1); a numeric field that is present but not a finite number is kept as a problem for the decision steps
+    that use it, so that, say, a HOLD plan with a bad ``qty`` is still a skip."""
     text = _text(fields)
     if isinstance(text, str):
         lenient = {
@@ -122,11 +128,9 @@ def parse_plan(entry_id: str, fields: EntryFields) -> Plan | InvalidPlan:
         problem = _identifier_problem(name, text.get(name))
         if problem is not None:
             return InvalidPlan(entry_id, text, problem)
-    numbers: dict[str, float | None] = {}
-    for name in ("qty", "notional", "kill_score"):
-        numbers[name], problem = _number(text, name)
-        if problem is not None:
-            return InvalidPlan(entry_id, text, problem)
+    qty, qty_problem = _number(text, "qty")
+    notional, notional_problem = _number(text, "notional")
+    kill_score, kill_score_problem = _number(text, "kill_score")
     action = text.get("action", "")
     return Plan(
         entry_id=entry_id,
@@ -135,8 +139,10 @@ def parse_plan(entry_id: str, fields: EntryFields) -> Plan | InvalidPlan:
         symbol=text["symbol"],
         action=action,
         decision=text.get("decision", ""),
-        qty=numbers["qty"] or 0.0,
-        notional=numbers["notional"] or 0.0,
+        qty=qty or 0.0,
+        notional=notional or 0.0,
         reducing=is_reducing(action, text.get("reduceOnly", "").lower() in TRUE_FLAGS),
-        kill_score=numbers["kill_score"],
+        kill_score=kill_score,
+        quantity_problem=qty_problem or notional_problem,
+        kill_score_problem=kill_score_problem,
     )

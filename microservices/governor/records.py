@@ -18,6 +18,8 @@ BLOCK_KEY_PREFIX = "quantum:governor:block:"
 #: acknowledgement only, whatever its outcome was (a skip leaves no key of its own), and a plan_id that was permitted
 #: once never permitted again, even after its permit key expired or was consumed.
 OUTCOME_KEY_PREFIX = "quantum:governor:outcome:"
+#: ``{entry_id}`` -> the outcome recorded for an entry that has no usable plan_id (a dead letter), for the same reason.
+ENTRY_OUTCOME_KEY_PREFIX = "quantum:governor:entry-outcome:"
 KILL_SWITCH_KEY = "quantum:kill"
 EVENTS_STREAM = "quantum:stream:governor.events"
 BLOCK_TTL_SEC = 3600
@@ -36,6 +38,13 @@ def block_key(plan_id: str) -> str:
 
 def outcome_key(plan_id: str) -> str:
     return OUTCOME_KEY_PREFIX + plan_id
+
+
+def marker_key(plan: Plan | InvalidPlan) -> str:
+    """Where the outcome of ``plan`` is recorded: by plan_id, or by stream entry when it has no usable plan_id."""
+    if isinstance(plan, Plan):
+        return OUTCOME_KEY_PREFIX + plan.plan_id
+    return ENTRY_OUTCOME_KEY_PREFIX + plan.entry_id
 
 
 def hint_fields(hint: DownsizeHint) -> dict[str, str]:
@@ -97,12 +106,37 @@ def event_args(plan: Plan | InvalidPlan, outcome: Outcome, now: float) -> list[s
 
 @dataclass(frozen=True, slots=True)
 class OutcomeMarker:
-    """The outcome recorded for a plan_id: which event, why, and for which stream entry. Stored as the text
-    ``"<event> <reason> <entry_id>"`` (none of the three holds a space)."""
+    """The outcome recorded for a plan_id (or an entry without one): which event, why, for which stream entry and
+    by which consumer; for a permit also its ``eff_action`` and ``eff_reason``, so that a permit whose write was
+    never confirmed to its writer can be counted when the entry comes back. Stored as space-separated text (none of
+    the parts holds a space: consumer names are checked for it at start-up)."""
 
     event: str
     reason: str
     entry_id: str
+    consumer: str
+    eff_action: str = ""
+    eff_reason: str = ""
+
+    def encode(self) -> str:
+        parts = [self.event, self.reason, self.entry_id, self.consumer]
+        if self.eff_action:
+            parts += [self.eff_action, self.eff_reason]
+        return " ".join(parts)
+
+    @classmethod
+    def of(cls, plan: Plan | InvalidPlan, outcome: Outcome, consumer: str) -> OutcomeMarker:
+        if outcome.event is None:
+            raise ValueError("an acknowledgement only records nothing")
+        hint = outcome.hint
+        return cls(
+            outcome.event.value,
+            outcome.reason.value,
+            plan.entry_id,
+            consumer,
+            hint.action.value if hint is not None else "",
+            hint.reason if hint is not None else "",
+        )
 
     @classmethod
     def parse(cls, raw: object) -> OutcomeMarker | None:
@@ -111,13 +145,7 @@ class OutcomeMarker:
             return None
         text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
         parts = text.split(" ")
-        return cls(*parts) if len(parts) == 3 else None
-
-
-def outcome_marker(plan: Plan, outcome: Outcome) -> str:
-    if outcome.event is None:
-        raise ValueError("an acknowledgement only records nothing")
-    return f"{outcome.event.value} {outcome.reason.value} {plan.entry_id}"
+        return cls(*parts) if len(parts) in (4, 6) else None
 
 
 def dead_letter_fields(

@@ -843,7 +843,8 @@ def test_a_permit_key_of_another_type_is_never_overwritten(r: redis.Redis, redis
     publish(r, plan("h-1", "H"))
     log = govern(redis_server.url)
     assert r.hgetall(PERMIT + "h-1") == {b"foreign": b"1"}
-    assert "permit h-1: the key exists already, not written" in log
+    assert "a permit for this plan_id exists; acknowledged only" in log  # SPEC §3 step 3, whatever its type
+    assert outcomes(r) == {}
     assert pending(r) == 0
 
 

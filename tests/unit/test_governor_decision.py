@@ -121,15 +121,30 @@ def test_reduce_only_flag_in_any_case(flag: str, reducing: bool) -> None:
         ({"plan_id": "x" * 129, "symbol": "BTC"}, "longer than 128"),
         ({"plan_id": "p"}, "symbol missing"),
         ({"plan_id": "p", "symbol": ""}, "symbol missing"),
-        ({"plan_id": "p", "symbol": "BTC", "qty": "ten"}, "qty"),
-        ({"plan_id": "p", "symbol": "BTC", "qty": "nan"}, "qty"),
-        ({"plan_id": "p", "symbol": "BTC", "kill_score": "inf"}, "kill_score"),
     ],
 )
 def test_malformed_plans_are_invalid(fields: dict[str, str], problem: str) -> None:
     parsed = parse_plan(FRESH_ID, fields)
     assert isinstance(parsed, InvalidPlan)
     assert problem in parsed.detail
+
+
+@pytest.mark.parametrize(
+    ("fields", "quantity", "kill_score"),
+    [
+        ({"qty": "ten"}, "qty 'ten' is not a finite number", None),
+        ({"qty": "nan"}, "qty 'nan' is not a finite number", None),
+        ({"notional": "1,5"}, "notional '1,5' is not a finite number", None),
+        ({"kill_score": "inf"}, None, "kill_score 'inf' is not a finite number"),
+        ({"qty": "", "kill_score": ""}, None, None),  # empty: absent
+    ],
+)
+def test_malformed_numbers_are_kept_for_the_steps_that_use_them(
+    fields: dict[str, str], quantity: str | None, kill_score: str | None
+) -> None:
+    parsed = parse_plan(FRESH_ID, {"plan_id": "p", "symbol": "S", **fields})
+    assert isinstance(parsed, Plan)
+    assert (parsed.quantity_problem, parsed.kill_score_problem) == (quantity, kill_score)
 
 
 def test_plan_id_of_128_characters_is_accepted_and_bytes_that_are_not_utf8_are_invalid() -> None:
@@ -185,8 +200,11 @@ def test_gate_round_trips_and_malformed_values_read_as_absent() -> None:
     state = GateState(NOW, 96, (NOW - 10, NOW))
     assert parse_gate(state.encode("p1").encode()) == (state, None)
     assert json.loads(state.encode("p1"))["last_plan_id"] == "p1"
+    huge = b"1" + b"0" * 400
     for raw in (b"yesterday", b"[1, 2]", b'{"last_permit_ts": "x"}', b'{"extra_cooldown_sec": -5}',
-                b'{"recent_permits": [1, "x"]}', b'{"last_permit_ts": NaN}', b"\xff"):  # fmt: skip
+                b'{"recent_permits": [1, "x"]}', b'{"last_permit_ts": NaN}', b"\xff",
+                b'{"last_permit_ts": ' + huge + b"}", b'{"recent_permits": [' + huge + b"]}", b"[" * 100_000,
+                b'{"extra_cooldown_sec": 1e40}', b'{"extra_cooldown_sec": 10000000000000}'):  # fmt: skip
         parsed, problem = parse_gate(raw)
         assert problem is not None, raw
         assert parsed.extra_cooldown_sec == 0 and parsed.recent == ()
@@ -263,6 +281,13 @@ STALE_ID = f"{int((NOW - 121) * 1000)}-0"
         # 6 kill score, then cooldown, then the limits
         (plan(kill_score="0.8"), facts(gate=GateState(NOW - 1, 0, (NOW - 1,))), (Event.BLOCK, Reason.KILL_SCORE)),
         (plan(kill_score="0.79"), facts(), (Event.PERMIT, Reason.PERMITTED)),
+        # a malformed number: the plan is decided up to the step that uses it
+        (plan(decision="HOLD", qty="ten"), facts(), (Event.SKIP, Reason.NOT_EXECUTE)),
+        (plan(qty="ten"), facts(permitted="a permit exists"), (None, Reason.ALREADY_DECIDED)),
+        (plan(qty="ten"), facts(), (Event.DEAD_LETTER, Reason.INVALID_PLAN)),
+        (plan(action="CLOSE", kill_score="n/a"), facts(), (Event.PERMIT, Reason.PERMITTED)),
+        (plan(kill_score="n/a"), facts(), (Event.BLOCK, Reason.KILL_SCORE)),  # a risk score unread holds it back
+        (InvalidPlan(FRESH_ID, {}, "plan_id missing"), facts(redelivered="decided"), (None, Reason.ALREADY_DECIDED)),
         (plan(), facts(gate=GateState(NOW - 1, 0, (NOW - 2, NOW - 1))), (Event.BLOCK, Reason.COOLDOWN)),
     ],
 )

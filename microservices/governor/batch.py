@@ -1,0 +1,328 @@
+"""One batch of plans between its read from the stream and its acknowledgement: what is watched and read for it, how
+each plan is decided in order, and which writes record each outcome (SPEC §3).
+
+:class:`BatchIO` does the batch's Redis I/O; every decision is :func:`~microservices.governor.decision.decide`'s.
+The :class:`~microservices.governor.consumer.Governor` drives it: ``WATCH`` (:meth:`BatchIO.watched_keys`), one
+pipelined read (:meth:`BatchIO.read`), the decisions (:meth:`BatchIO.decide`), then the writes
+(:meth:`BatchIO.queue_records`, and the ``XACK``) in one ``MULTI``/``EXEC``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from redis.client import Pipeline
+from redis.cluster import ClusterPipeline
+
+from microservices.core.efficiency import EfficiencyPolicy, EfficiencyReading
+from microservices.core.efficiency_reads import efficiency_readings, queue_efficiency_read
+from microservices.core.logs import LogThrottle
+from microservices.core.redis_client import RedisClient
+from microservices.governor.decision import Event, Facts, KillSwitch, Outcome, Policy, decide
+from microservices.governor.gate import EMPTY_GATE, GATE_KEY_PREFIX, GateState, parse_gate
+from microservices.governor.metrics import GovernorMetrics
+from microservices.governor.plan import EXECUTE, InvalidPlan, Plan, parse_plan
+from microservices.governor.records import (
+    BLOCK_TTL_SEC,
+    EVENTS_STREAM,
+    KILL_SWITCH_KEY,
+    OUTCOME_TTL_SEC,
+    OutcomeMarker,
+    block_json,
+    block_key,
+    dead_letter_fields,
+    event_args,
+    marker_key,
+    permit_json,
+    permit_key,
+)
+from microservices.governor.settings import GovernorSettings
+
+log = logging.getLogger(__name__)
+
+AnyPipeline = Pipeline | ClusterPipeline
+#: The kinds of record a command writes, for reports of failed writes.
+PERMIT, GATE, BLOCK, DEAD_LETTER, MARKER, EVENT = "permit", "gate", "block", "dead letter", "outcome marker", "event"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One stream entry as delivered to this consumer: ``fields`` is empty when the entry was deleted from the stream
+    while pending; ``deliveries`` is Redis's delivery counter, this delivery included."""
+
+    entry_id: str
+    fields: dict[bytes, bytes]
+    deliveries: int = 1
+
+    def parse(self) -> Plan | InvalidPlan:
+        if not self.fields:
+            return InvalidPlan(self.entry_id, {}, "entry deleted from the stream while pending")
+        return parse_plan(self.entry_id, self.fields)
+
+
+#: A delivery and what parsing made of it.
+Parsed = tuple[Delivery, Plan | InvalidPlan]
+
+
+@dataclass(frozen=True, slots=True)
+class PlanReads:
+    """What was read about one plan: the outcome recorded for it before, if any; for a valid plan whether its permit
+    exists, and, where its decision can use them, its symbol's gate and its efficiency reading."""
+
+    marker: OutcomeMarker | None
+    permit_exists: bool = False
+    reading: EfficiencyReading | None = None
+    gate: GateState | None = None
+
+    def redelivered(self, entry_id: str) -> str | None:
+        """Why this very entry counts as decided already (a re-delivery after its outcome was written), or None."""
+        if self.marker is not None and self.marker.entry_id == entry_id:
+            return f"this entry was decided already ({self.marker.event} {self.marker.reason})"
+        return None
+
+    @property
+    def permitted(self) -> str | None:
+        """Why the plan_id counts as permitted already (SPEC §3 step 3), or None: its permit exists, or it was
+        granted before (the permit key alone expires after PERMIT_TTL_SEC, or is consumed)."""
+        if self.permit_exists:
+            return "a permit for this plan_id exists"
+        if self.marker is not None and self.marker.event == Event.PERMIT.value:
+            return f"this plan_id was permitted (entry {self.marker.entry_id})"
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """A plan, its outcome, and the outcome recorded for it before (which a new marker never replaces when it was a
+    permit, so that a plan_id once permitted is never permitted again)."""
+
+    delivery: Delivery
+    plan: Plan | InvalidPlan
+    outcome: Outcome
+    prior: OutcomeMarker | None = None
+    #: The plan_id was permitted before (in Redis, or earlier in this batch): its marker says so and stays.
+    permitted_before: bool = False
+
+    @property
+    def writes_marker(self) -> bool:
+        return self.outcome.event is not None and not self.permitted_before
+
+
+def gate_key(symbol: str) -> str:
+    return GATE_KEY_PREFIX + symbol
+
+
+def _uses_gate(plan: Plan) -> bool:
+    return plan.decision == EXECUTE and not plan.reducing
+
+
+class BatchIO:
+    """The Redis side of deciding one batch, for one consumer."""
+
+    def __init__(
+        self,
+        client: RedisClient,
+        settings: GovernorSettings,
+        metrics: GovernorMetrics,
+        *,
+        transactional: bool,
+    ) -> None:
+        self._client = client
+        self._settings = settings
+        self._metrics = metrics
+        self._policy = Policy.from_settings(settings)
+        self._efficiency: EfficiencyPolicy = settings.efficiency_policy
+        self._transactional = transactional
+        self._consumer = settings.consumer
+        self._throttle = LogThrottle(60.0)
+
+    @staticmethod
+    def watched_keys(parsed: Sequence[Parsed]) -> list[str]:
+        """The keys whose change by another writer would make the batch's decisions wrong: each outcome marker (a
+        replica deciding the same entry writes it), each symbol's gate (a replica passing its cooldown), the kill
+        switch. Permit keys are not watched: only a decision writes one, with its marker, and ``SET NX`` never
+        overwrites one. (Fewer keys matter: WATCH costs Redis more than linear time in them.)"""
+        keys = {KILL_SWITCH_KEY}
+        for _, plan in parsed:
+            keys.add(marker_key(plan))
+            if isinstance(plan, Plan) and _uses_gate(plan):
+                keys.add(gate_key(plan.symbol))
+        return list(keys)
+
+    # --- reading ----------------------------------------------------------------------------------------------------
+
+    def read(
+        self, parsed: Sequence[tuple[Delivery, Plan | InvalidPlan]], now: float
+    ) -> tuple[KillSwitch, list[PlanReads]]:
+        """What the decisions need, in one pipelined round trip (plus one only if some efficiency hash holds none
+        of the fields): the kill switch, and per plan its recorded outcome, whether its permit exists, and where the
+        decision can use them its symbol's gate and efficiency reading. On a single Redis one MGET reads a plan's
+        marker and gate; under a cluster, where they may live in different slots, one GET each."""
+        mode_off = self._policy.mode == "off"
+        pipe = self._client.pipeline(transaction=False)
+        command = cast(Callable[..., object], pipe.execute_command)  # untyped on the cluster pipeline
+        command("GET", KILL_SWITCH_KEY)
+        for _, plan in parsed:
+            if not isinstance(plan, Plan):
+                command("GET", marker_key(plan))
+                continue
+            command("EXISTS", permit_key(plan.plan_id))  # EXISTS: a permit key of any type counts
+            keys = [marker_key(plan), gate_key(plan.symbol)] if _uses_gate(plan) else [marker_key(plan)]
+            if self._transactional and len(keys) > 1:
+                command("MGET", *keys)
+            else:
+                for key in keys:
+                    command("GET", key)
+            if plan.decision == EXECUTE and not mode_off:
+                queue_efficiency_read(pipe, plan.symbol.encode())
+        replies = iter(pipe.execute(raise_on_error=False))
+        kill = self._kill_switch(next(replies))
+        reads: list[PlanReads] = []
+        eff_at: list[int] = []
+        eff_symbols: list[bytes] = []
+        eff_replies: list[object] = []
+        for _, plan in parsed:
+            if not isinstance(plan, Plan):
+                reads.append(PlanReads(OutcomeMarker.parse(_string(next(replies)))))
+                continue
+            permit_exists = _ok(next(replies))
+            if _uses_gate(plan):
+                values = _ok(next(replies)) if self._transactional else [next(replies), next(replies)]
+                marker_raw, gate_raw = cast(list[object], values)
+                gate: GateState | None = self._gate_state(plan.symbol, gate_raw)
+            else:
+                marker_raw, gate = next(replies), None
+            if plan.decision == EXECUTE and not mode_off:
+                eff_at.append(len(reads))
+                eff_symbols.append(plan.symbol.encode())
+                eff_replies.append(next(replies))
+            reads.append(PlanReads(OutcomeMarker.parse(_string(marker_raw)), bool(permit_exists), None, gate))
+        readings = efficiency_readings(self._client, eff_symbols, eff_replies, now, self._efficiency)
+        for i, reading in zip(eff_at, readings, strict=True):
+            current = reads[i]
+            reads[i] = PlanReads(current.marker, current.permit_exists, reading, current.gate)
+        return kill, reads
+
+    def _kill_switch(self, reply: object) -> KillSwitch:
+        if isinstance(reply, Exception):
+            self._metrics.unreadable_state.labels("kill_switch").inc()
+            message = "kill switch %s cannot be read (%s): treated as disengaged"
+            self._throttle.log(log, logging.WARNING, "kill_switch", message, KILL_SWITCH_KEY, reply)
+            return KillSwitch.OFF
+        return KillSwitch.from_value(cast(bytes | None, reply))
+
+    def _gate_state(self, symbol: str, reply: object) -> GateState:
+        """The gate as read. One that cannot be read (under a cluster, a key of another type) or parsed holds
+        nothing back: counted, logged, and written anew by the symbol's next permit."""
+        problem: str | None
+        if isinstance(reply, Exception):
+            state, problem = EMPTY_GATE, str(reply)
+        else:
+            state, problem = parse_gate(cast(bytes | None, reply))
+        if problem is not None:
+            self._metrics.unreadable_state.labels("gate").inc()
+            message = "gate of %s cannot be used (%s): no cooldown or limit applied; rewritten by its next permit"
+            self._throttle.log(log, logging.WARNING, "gate", message, symbol, problem)
+        return state
+
+    # --- deciding ---------------------------------------------------------------------------------------------------
+
+    def decide(
+        self, parsed: Sequence[Parsed], kill: KillSwitch, reads: Sequence[PlanReads], now: float
+    ) -> list[Decided]:
+        """Decide the batch's plans in order, each seeing the gate state the plans before it leave, and a plan_id
+        permitted earlier in the batch as permitted."""
+        gates: dict[str, GateState] = {}
+        permitted_in_batch: dict[str, str] = {}
+        decided: list[Decided] = []
+        for (delivery, plan), read in zip(parsed, reads, strict=True):
+            if not isinstance(plan, Plan):
+                facts = Facts(now, delivery.deliveries, redelivered=read.redelivered(delivery.entry_id))
+                decided.append(Decided(delivery, plan, decide(plan, facts, self._policy), read.marker))
+                continue
+            if read.gate is not None:
+                gates.setdefault(plan.symbol, read.gate)
+            facts = Facts(
+                now=now,
+                deliveries=delivery.deliveries,
+                redelivered=read.redelivered(delivery.entry_id),
+                permitted=read.permitted or permitted_in_batch.get(plan.plan_id),
+                kill_switch=kill,
+                reading=read.reading,
+                gate=gates.get(plan.symbol, EMPTY_GATE),
+            )
+            outcome = decide(plan, facts, self._policy)
+            if outcome.gate_after is not None:
+                gates[plan.symbol] = outcome.gate_after
+            permitted_before = read.permitted is not None or plan.plan_id in permitted_in_batch
+            if outcome.event is Event.PERMIT:
+                permitted_in_batch[plan.plan_id] = f"permitted earlier in this batch (entry {delivery.entry_id})"
+            decided.append(Decided(delivery, plan, outcome, read.marker, permitted_before))
+        return decided
+
+    def dead_letter_stream_usable(self) -> str | None:
+        """None when the dead-letter stream can take entries (it is a stream, or absent), else its type."""
+        kind = _text(self._client.type(self._settings.dead_letter_stream))
+        return None if kind in ("stream", "none") else kind
+
+    # --- writing ----------------------------------------------------------------------------------------------------
+
+    def queue_records(
+        self, pipe: AnyPipeline, item: Decided, now: float, *, primary: bool, secondary: bool
+    ) -> list[str]:
+        """Queue the writes that record ``item``'s outcome and return the kind of each command. The *primary*
+        records are the outcome itself (permit and gate, block record, dead-letter entry); the *secondary* ones say
+        it was decided (outcome marker, event). A single Redis queues both in one transaction; a cluster writes the
+        secondary ones only once the primary ones succeeded."""
+        plan, outcome, s = item.plan, item.outcome, self._settings
+        event = outcome.event
+        kinds: list[str] = []
+        if event is None:
+            return kinds
+        command = cast(Callable[..., object], pipe.execute_command)  # untyped on the cluster pipeline
+        # execute_command with the arguments spelled out: the typed helpers cost more than the rest of a plan
+        if primary:
+            if event is Event.PERMIT and isinstance(plan, Plan):
+                command("SET", permit_key(plan.plan_id), permit_json(plan, outcome, now), "NX", "EX", s.permit_ttl_sec)
+                kinds.append(PERMIT)
+                gate = outcome.gate_after
+                if gate is not None:
+                    command(
+                        "SET", gate_key(plan.symbol), gate.encode(plan.plan_id), "EX", gate.ttl_sec(self._policy.gate)
+                    )
+                    kinds.append(GATE)
+            elif event is Event.BLOCK and isinstance(plan, Plan):
+                command("SET", block_key(plan.plan_id), block_json(plan, outcome, now), "EX", BLOCK_TTL_SEC)
+                kinds.append(BLOCK)
+            elif event is Event.DEAD_LETTER:
+                delivery = item.delivery
+                fields = dead_letter_fields(delivery.fields, outcome, delivery.entry_id, delivery.deliveries)
+                command("XADD", s.dead_letter_stream, "*", *[part for pair in fields.items() for part in pair])
+                kinds.append(DEAD_LETTER)
+        if secondary:
+            if item.writes_marker:
+                marker = OutcomeMarker.of(plan, outcome, self._consumer).encode()
+                command("SET", marker_key(plan), marker, "EX", OUTCOME_TTL_SEC)
+                kinds.append(MARKER)
+            command("XADD", EVENTS_STREAM, "MAXLEN", "~", s.events_maxlen, "*", *event_args(plan, outcome, now))
+            kinds.append(EVENT)
+        return kinds
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _string(reply: object) -> bytes | None:
+    """A GET reply of a key the governor owns: a key of another type (WRONGTYPE) reads as absent."""
+    return reply if isinstance(reply, bytes) else None
+
+
+def _ok(reply: object) -> object:
+    """A reply that can only fail with the connection (EXISTS, MGET): raise it, so the batch is retried."""
+    if isinstance(reply, Exception):
+        raise reply
+    return reply
