@@ -154,14 +154,16 @@ class BatchIO:
 
     # --- reading ----------------------------------------------------------------------------------------------------
 
-    def read(
-        self, parsed: Sequence[tuple[Delivery, Plan | InvalidPlan]], now: float
-    ) -> tuple[KillSwitch, list[PlanReads]]:
+    def read(self, parsed: Sequence[Parsed], now: float) -> tuple[KillSwitch, list[PlanReads]]:
         """What the decisions need, in one pipelined round trip (plus one only if some efficiency hash holds none
-        of the fields): the kill switch, and per plan its recorded outcome, whether its permit exists, and where the
-        decision can use them its symbol's gate and efficiency reading. On a single Redis one MGET reads a plan's
-        marker and gate; under a cluster, where they may live in different slots, one GET each."""
+        of the fields, or some permit key holds another type): the kill switch, and per plan its recorded outcome,
+        whether its permit exists, and where the decision can use them its symbol's gate and efficiency reading.
+
+        On a single Redis one MGET per plan reads its permit, marker and gate, and one EXISTS of every permit key
+        checks that no permit key holds another type (MGET reads such a key as absent; SPEC §3 step 3 counts it as
+        a permit). Under a cluster, where the keys may live in different slots, one command per key."""
         mode_off = self._policy.mode == "off"
+        plans = [plan for _, plan in parsed if isinstance(plan, Plan)]
         pipe = self._client.pipeline(transaction=False)
         command = cast(Callable[..., object], pipe.execute_command)  # untyped on the cluster pipeline
         command("GET", KILL_SWITCH_KEY)
@@ -169,42 +171,63 @@ class BatchIO:
             if not isinstance(plan, Plan):
                 command("GET", marker_key(plan))
                 continue
-            command("EXISTS", permit_key(plan.plan_id))  # EXISTS: a permit key of any type counts
-            keys = [marker_key(plan), gate_key(plan.symbol)] if _uses_gate(plan) else [marker_key(plan)]
-            if self._transactional and len(keys) > 1:
+            keys = [permit_key(plan.plan_id), marker_key(plan)]
+            if _uses_gate(plan):
+                keys.append(gate_key(plan.symbol))
+            if self._transactional:
                 command("MGET", *keys)
             else:
-                for key in keys:
+                command("EXISTS", keys[0])
+                for key in keys[1:]:
                     command("GET", key)
             if plan.decision == EXECUTE and not mode_off:
                 queue_efficiency_read(pipe, plan.symbol.encode())
+        if self._transactional and plans:
+            command("EXISTS", *[permit_key(plan.plan_id) for plan in plans])
         replies = iter(pipe.execute(raise_on_error=False))
         kill = self._kill_switch(next(replies))
-        reads: list[PlanReads] = []
+        found: list[tuple[OutcomeMarker | None, bool, GateState | None]] = []
         eff_at: list[int] = []
         eff_symbols: list[bytes] = []
         eff_replies: list[object] = []
         for _, plan in parsed:
             if not isinstance(plan, Plan):
-                reads.append(PlanReads(OutcomeMarker.parse(_string(next(replies)))))
+                found.append((OutcomeMarker.parse(_string(next(replies))), False, None))
                 continue
-            permit_exists = _ok(next(replies))
-            if _uses_gate(plan):
-                values = _ok(next(replies)) if self._transactional else [next(replies), next(replies)]
-                marker_raw, gate_raw = cast(list[object], values)
-                gate: GateState | None = self._gate_state(plan.symbol, gate_raw)
+            width = 3 if _uses_gate(plan) else 2
+            if self._transactional:
+                values = cast(list[object], _ok(next(replies)))
             else:
-                marker_raw, gate = next(replies), None
+                values = [next(replies) for _ in range(width)]
+            permit_raw, marker_raw = values[0], values[1]
+            gate = self._gate_state(plan.symbol, values[2]) if width == 3 else None
             if plan.decision == EXECUTE and not mode_off:
-                eff_at.append(len(reads))
+                eff_at.append(len(found))
                 eff_symbols.append(plan.symbol.encode())
                 eff_replies.append(next(replies))
-            reads.append(PlanReads(OutcomeMarker.parse(_string(marker_raw)), bool(permit_exists), None, gate))
-        readings = efficiency_readings(self._client, eff_symbols, eff_replies, now, self._efficiency)
-        for i, reading in zip(eff_at, readings, strict=True):
-            current = reads[i]
-            reads[i] = PlanReads(current.marker, current.permit_exists, reading, current.gate)
-        return kill, reads
+            permit_exists = permit_raw is not None if self._transactional else bool(_ok(permit_raw))
+            found.append((OutcomeMarker.parse(_string(marker_raw)), permit_exists, gate))
+        if self._transactional and plans and cast(int, _ok(next(replies))) > sum(f[1] for f in found):
+            found = self._permits_of_any_type(parsed, found)
+        readings: list[EfficiencyReading | None] = [None] * len(found)
+        classified = efficiency_readings(self._client, eff_symbols, eff_replies, now, self._efficiency)
+        for i, reading in zip(eff_at, classified, strict=True):
+            readings[i] = reading
+        return kill, [PlanReads(m, p, r, g) for (m, p, g), r in zip(found, readings, strict=True)]
+
+    def _permits_of_any_type(
+        self, parsed: Sequence[Parsed], found: list[tuple[OutcomeMarker | None, bool, GateState | None]]
+    ) -> list[tuple[OutcomeMarker | None, bool, GateState | None]]:
+        """Some permit key MGET read as absent exists: find which, one EXISTS each (rare: a key of another type)."""
+        unknown = [i for i, (_, plan) in enumerate(parsed) if isinstance(plan, Plan) and not found[i][1]]
+        pipe = self._client.pipeline(transaction=False)
+        for i in unknown:
+            pipe.exists(permit_key(cast(Plan, parsed[i][1]).plan_id))
+        for i, exists in zip(unknown, pipe.execute(), strict=True):
+            if exists:
+                marker, _, gate = found[i]
+                found[i] = (marker, True, gate)
+        return found
 
     def _kill_switch(self, reply: object) -> KillSwitch:
         if isinstance(reply, Exception):
