@@ -58,12 +58,17 @@ class LoopRunner:
         self._unavailable_after = unavailable_after_sec
         self._clock = clock
         self.stop_event = threading.Event()
+        #: The name of the signal that asked the loop to stop, if one did.
+        self.stopped_by: str | None = None
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT ask the loop to finish the batch in hand and return."""
 
         def handle(signum: int, _frame: FrameType | None) -> None:
-            log.info("received %s: finishing the batch in hand, then stopping", signal.Signals(signum).name)
+            # Nothing here may fail or block: the handler runs between any two bytecodes of the main thread, which
+            # may be inside a write to stderr (logging from here raised "reentrant call" and lost the stop). The
+            # loop logs the signal once it sees the stop.
+            self.stopped_by = signal.Signals(signum).name
             self.stop_event.set()
 
         signal.signal(signal.SIGTERM, handle)
@@ -126,4 +131,6 @@ class LoopRunner:
                 self.stop_event.wait(max(0.0, self._interval - (self._clock() - started)))
             return EX_OK
         finally:
+            if self.stopped_by is not None:
+                log.info("received %s: the batch in hand was finished; stopping", self.stopped_by)
             self._notifier.stopping()

@@ -74,7 +74,7 @@ def test_sigterm_mid_stream_finishes_the_batch_and_leaves_the_rest_pending(
         assert code == 0 and took < 5
     finally:
         daemon.close()
-    assert "finishing the batch in hand" in daemon.log()
+    assert "received SIGTERM: the batch in hand was finished" in daemon.log()
     assert r.xpending(PLANS, "governor")["pending"] == 0  # what was read was decided and acknowledged
     result = run_once(MODULE, redis_server.url, {"GOV_CONSUMER": "g1"})
     assert result.returncode == 0, result.stderr

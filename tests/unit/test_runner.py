@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import signal
+import sys
 import threading
 
+import pytest
 import redis
 from redis.backoff import ConstantBackoff
 
@@ -124,3 +128,30 @@ def test_an_unexpected_error_fails_the_loop_without_ending_the_daemon() -> None:
     assert len(calls) == 2
     assert errors == []  # not counted as a Redis error
     assert notifier.sent == ["READY=1", "WATCHDOG=1", "STOPPING=1"]
+
+
+def test_a_signal_during_a_write_to_stderr_still_stops_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The handler runs between any two bytecodes, possibly inside the main thread's write to stderr: it must not
+    write anything itself (a log call there raised "reentrant call" and lost the stop)."""
+
+    class BusyStderr:
+        def write(self, _text: str) -> int:
+            raise RuntimeError("reentrant call inside <_io.BufferedWriter name='<stderr>'>")
+
+        def flush(self) -> None:
+            pass
+
+    runner, _, _ = make_runner(Script())
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    runner.install_signal_handlers()
+    monkeypatch.setattr(sys, "stderr", BusyStderr())
+    busy = logging.StreamHandler()  # writes to the busy stderr if anything logs
+    logging.getLogger().addHandler(busy)
+    try:
+        signal.raise_signal(signal.SIGTERM)
+    finally:
+        logging.getLogger().removeHandler(busy)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    assert runner.stop_event.is_set()
+    assert runner.stopped_by == "SIGTERM"
