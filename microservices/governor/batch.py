@@ -286,8 +286,9 @@ class BatchIO:
             decided.append(Decided(delivery, plan, outcome, read.marker, permitted_before))
         return decided
 
-    def dead_letter_stream_usable(self) -> str | None:
-        """None when the dead-letter stream can take entries (it is a stream, or absent), else its type."""
+    def dead_letter_stream_type_if_unusable(self) -> str | None:
+        """The type of the key under the dead-letter stream's name when it cannot take entries; None when it can (a
+        stream, or no key)."""
         kind = _text(self._client.type(self._settings.dead_letter_stream))
         return None if kind in ("stream", "none") else kind
 

@@ -31,7 +31,6 @@ import redis
 from redis.client import Pipeline
 from redis.exceptions import ResponseError, WatchError
 
-from microservices.core.logs import LogThrottle
 from microservices.core.redis_client import REDIS_ERRORS, RedisClient
 from microservices.governor.batch import PERMIT, BatchIO, Decided, Delivery, Parsed
 from microservices.governor.decision import Event, Outcome, Reason
@@ -108,7 +107,6 @@ class Governor:
         self._next_gauges = 0.0
         self._next_summary = monotonic() + SUMMARY_EVERY_SEC
         self._summary: Counter[str] = Counter()
-        self._throttle = LogThrottle(60.0)
 
     # --- the runner's step ----------------------------------------------------------------------------------------
 
@@ -355,7 +353,7 @@ class Governor:
         stay pending, are reported, and come back when the governor restarts or another consumer claims them."""
         if not any(d.outcome.event is Event.DEAD_LETTER for d in decided):
             return decided
-        kind = self._io.dead_letter_stream_usable()
+        kind = self._io.dead_letter_stream_type_if_unusable()
         if kind is None:
             return decided
         held = [d for d in decided if d.outcome.event is Event.DEAD_LETTER]

@@ -68,17 +68,17 @@ def test_an_exec_whose_reply_is_lost_is_neither_written_twice_nor_counted_twice(
     r = server.client()
     publish_mix(r)
     gov, metrics = governor(server.url, "g1", SOCKET_TIMEOUT="0.5")
-    last_read = BatchIO.dead_letter_stream_usable
+    last_read = BatchIO.dead_letter_stream_type_if_unusable
 
     def read_then_pause_redis(self: BatchIO) -> str | None:
         usable = last_read(self)  # the batch's last read before its EXEC
         server.client().client_pause(1500, all=False)  # writes wait: EXEC runs after the client gave up on it
         return usable
 
-    monkeypatch.setattr(BatchIO, "dead_letter_stream_usable", read_then_pause_redis)
+    monkeypatch.setattr(BatchIO, "dead_letter_stream_type_if_unusable", read_then_pause_redis)
     with pytest.raises(redis.ConnectionError):  # not a write conflict: the outcome of EXEC is unknown
         gov.poll(threading.Event())
-    monkeypatch.setattr(BatchIO, "dead_letter_stream_usable", last_read)
+    monkeypatch.setattr(BatchIO, "dead_letter_stream_type_if_unusable", last_read)
     time.sleep(1.6)
     gov.poll(threading.Event())  # the pending pass: everything was written, nothing is written again
 
