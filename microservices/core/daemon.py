@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -12,8 +15,8 @@ from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from microservices.core.http_server import HealthState, MetricsServer
 from microservices.core.logs import LOG_FORMATS, setup_logging
-from microservices.core.redis_client import describe_target, reconnect_backoff
-from microservices.core.runner import LoopRunner, Step
+from microservices.core.redis_client import REDIS_ERRORS, describe_target, reconnect_backoff
+from microservices.core.runner import EX_OK, EX_UNAVAILABLE, ONCE_UNAVAILABLE_AFTER_SEC, LoopRunner, Step
 from microservices.core.settings import EX_CONFIG, CommonSettings, ConfigError, environment, load_settings
 
 log = logging.getLogger(__name__)
@@ -57,6 +60,38 @@ class Service:
     close: Callable[[], None] = field(default=lambda: None)
 
 
+def _build_once_redis_answers(
+    build: Callable[[S, DaemonArgs], Service], settings: S, args: DaemonArgs
+) -> Service | int:
+    """The service, or the exit status if it never came to be. Building sends nothing to a single Redis, but a Redis
+    Cluster client asks the cluster for its slots as it is built: while the cluster cannot be reached this retries
+    with the reconnect backoff, as the loop runner would. SIGTERM/SIGINT end the wait (exit 0); ``--once`` gives up
+    after 10 s (exit 69)."""
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    backoff = reconnect_backoff(settings)
+    started, failures = time.monotonic(), 0
+    try:
+        while True:
+            try:
+                return build(settings, args)
+            except REDIS_ERRORS as exc:
+                failures += 1
+                waited = time.monotonic() - started
+                if failures == 1:
+                    log.warning(
+                        "Redis cannot be reached to start (%s: %s); retrying with backoff", type(exc).__name__, exc
+                    )
+                if args.once and waited >= ONCE_UNAVAILABLE_AFTER_SEC:
+                    log.error("Redis unreachable for %.0fs in --once mode: giving up", waited)
+                    return EX_UNAVAILABLE
+            if stop.wait(backoff.compute(failures)):
+                return EX_OK
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def run_daemon(
     *,
     prog: str,
@@ -75,7 +110,9 @@ def run_daemon(
         return EX_CONFIG
     log.info("%s starting: Redis at %s; settings %s", prog, describe_target(settings), settings.as_environment())
     disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
-    service = build(settings, args)
+    service = _build_once_redis_answers(build, settings, args)
+    if isinstance(service, int):
+        return service
     try:
         server = MetricsServer(settings.metrics_addr, settings.metrics_port, service.registry, service.health).start()
     except OSError as exc:

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from microservices.core.settings import CommonSettings
@@ -30,8 +31,9 @@ COMMAND_RETRIES = 0
 #: First step of the reconnect backoff; it doubles (with full jitter) up to ``REDIS_BACKOFF_MAX_SEC``.
 BACKOFF_BASE_SEC = 0.1
 
-#: What a failed Redis call raises: the loop runner catches these, counts them and backs off.
-REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, OSError)
+#: What a failed Redis call raises: the loop runner catches these, counts them and backs off. redis-py's cluster client
+#: raises RedisClusterException (not a RedisError) when no node of the cluster answers.
+REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, RedisClusterException, OSError)
 
 
 def reconnect_backoff(settings: CommonSettings) -> ExponentialWithJitterBackoff:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 from redis.typing import EncodableT
 
-from microservices.devtools.redis_server import RedisServer
-from tests.daemons import run_once
+from microservices.devtools.daemon_process import ROOT
+from microservices.devtools.redis_server import RedisServer, free_port
+from tests.daemons import daemon_env, run_once
 from tests.redis_util import stream_entries, text_hash
 
 MODULE = "microservices.allocation_target"
@@ -69,3 +73,38 @@ def test_governor_runs_against_a_cluster(cluster: RedisServer) -> None:
     events = [e["event"] for e in stream_entries(r, "quantum:stream:governor.events")]
     assert events == ["permit", "block"]
     assert r.xpending("quantum:stream:apply.plan", "governor")["pending"] == 0
+
+
+@pytest.mark.slow
+def test_once_exits_69_when_the_cluster_cannot_be_reached_at_start() -> None:
+    port = free_port(below=55536)
+    result = run_once("microservices.governor", f"redis://127.0.0.1:{port}/0", {"REDIS_CLUSTER": "1"}, timeout=40)
+    assert result.returncode == 69, result.stderr
+    assert "Redis cannot be reached to start (RedisClusterException" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_daemon_waits_for_the_cluster_then_runs(tmp_path: Path) -> None:
+    port = free_port(below=55536)
+    env = daemon_env(f"redis://127.0.0.1:{port}/0", {"REDIS_CLUSTER": "1", "REDIS_BACKOFF_MAX_SEC": "0.5"})
+    log_path = tmp_path / "proposer.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "microservices.allocation_target"], env=env, stdout=log_file,
+            stderr=subprocess.STDOUT, cwd=ROOT,
+        )  # fmt: skip
+    try:
+        time.sleep(1.0)
+        assert process.poll() is None, log_path.read_text()  # waiting, not crashed
+        with RedisServer(cluster=True, port=port) as cluster:
+            deadline = time.monotonic() + 20
+            while "serving /metrics" not in log_path.read_text() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert "serving /metrics" in log_path.read_text()
+            process.terminate()
+            assert process.wait(timeout=5) == 0
+            assert cluster.client().ping()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
