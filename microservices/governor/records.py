@@ -43,7 +43,7 @@ def outcome_key(plan_id: str) -> str:
 def marker_key(plan: Plan | InvalidPlan) -> str:
     """Where the outcome of ``plan`` is recorded: by plan_id, or by stream entry when it has no usable plan_id."""
     if isinstance(plan, Plan):
-        return OUTCOME_KEY_PREFIX + plan.plan_id
+        return outcome_key(plan.plan_id)
     return ENTRY_OUTCOME_KEY_PREFIX + plan.entry_id
 
 
