@@ -1,0 +1,113 @@
+"""Writing test inputs the way upstream services do: an efficiency hash, a live allocation target, an execution plan.
+
+Values are taken as text and written exactly as given, so that a proof or an operator can inject malformed input
+(``"abc"``, ``"nan"``, a millisecond ``ts``) as readily as good input. A value of ``None`` leaves the field out.
+Nothing here decides anything: the daemons' own code judges what is written.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from redis.cluster import RedisCluster
+from redis.typing import EncodableT, FieldT
+
+from microservices.allocation_target.proposal import LIVE_TARGET_PREFIX, TARGET_FIELD
+from microservices.core.efficiency import CONFIDENCE_FIELD, SCORE_FIELD, TS_FIELD, efficiency_key
+from microservices.core.redis_client import RedisClient
+
+#: What an injected efficiency hash lives for unless told otherwise: long enough for a proof, never forever.
+DEFAULT_INJECT_TTL_SEC = 3600
+
+
+def live_target_key(symbol: str) -> str:
+    return LIVE_TARGET_PREFIX + symbol
+
+
+def _present(values: Mapping[str, str | None]) -> dict[FieldT, EncodableT]:
+    """The fields that have a value, typed as redis-py's commands take them."""
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def inject_efficiency(
+    client: RedisClient,
+    symbol: str,
+    *,
+    score: str | None,
+    confidence: str | None,
+    ts: str | None = None,
+    extra: Mapping[str, str] | None = None,
+    ttl_sec: int = DEFAULT_INJECT_TTL_SEC,
+) -> str:
+    """Replace ``quantum:capital:efficiency:{symbol}`` with the given fields (``ts`` defaults to now) and a TTL.
+    Returns the key. With every field ``None`` the key is deleted, which is how upstream's "missing" looks."""
+    key = efficiency_key(symbol)
+    mapping = _present(
+        {SCORE_FIELD: score, CONFIDENCE_FIELD: confidence, TS_FIELD: ts if ts is not None else f"{time.time():.3f}"}
+    )
+    mapping.update(extra or {})
+    pipe = client.pipeline(transaction=not _is_cluster(client))
+    pipe.delete(key)
+    if score is not None or confidence is not None or extra:
+        pipe.hset(key, mapping=mapping)
+        pipe.expire(key, ttl_sec)
+    pipe.execute()
+    return key
+
+
+def inject_live_target(
+    client: RedisClient, symbol: str, target_usd: str, *, ttl_sec: int = DEFAULT_INJECT_TTL_SEC
+) -> str:
+    """Write a live allocation target for a *test* symbol (the proposer never writes one; only tests and proofs
+    do, and only for their own symbols). Returns the key."""
+    key = live_target_key(symbol)
+    pipe = client.pipeline(transaction=not _is_cluster(client))
+    pipe.hset(key, mapping={TARGET_FIELD: target_usd})
+    pipe.expire(key, ttl_sec)
+    pipe.execute()
+    return key
+
+
+@dataclass(frozen=True)
+class PlanSpec:
+    """The fields of an execution plan as a producer writes them; ``None`` leaves a field out."""
+
+    plan_id: str | None
+    symbol: str | None
+    action: str | None = "OPEN_LONG"
+    decision: str | None = "EXECUTE"
+    side: str | None = "BUY"
+    qty: str | None = "1.0"
+    reduce_only: str | None = None
+    kill_score: str | None = None
+    timestamp: str | None = None
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    def fields(self) -> dict[FieldT, EncodableT]:
+        values = _present(
+            {
+                "plan_id": self.plan_id,
+                "symbol": self.symbol,
+                "action": self.action,
+                "decision": self.decision,
+                "side": self.side,
+                "qty": self.qty,
+                "reduceOnly": self.reduce_only,
+                "kill_score": self.kill_score,
+                "timestamp": self.timestamp if self.timestamp is not None else str(int(time.time())),
+            }
+        )
+        values.update(self.extra)
+        return values
+
+
+def inject_plan(client: RedisClient, stream: str, plan: PlanSpec) -> str:
+    """Append ``plan`` to the plans stream; returns the entry id."""
+    entry_id = client.xadd(stream, plan.fields())
+    return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+
+def _is_cluster(client: RedisClient) -> bool:
+    return isinstance(client, RedisCluster)
