@@ -20,6 +20,7 @@ PROG = "allocation-target"
 def build(settings: ProposerSettings, _args: DaemonArgs) -> Service:
     client = connect(settings, client_name=PROG)
     metrics = ProposerMetrics(CollectorRegistry(), settings.metrics_max_symbols)
+    metrics.loop_interval.set(settings.loop_interval_sec)
     proposer = Proposer(client, settings, metrics)
     return Service(
         step=proposer.run_loop,

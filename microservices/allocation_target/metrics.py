@@ -36,6 +36,11 @@ class ProposerMetrics:
         self.last_success = Gauge(
             "p29_shadow_last_success_timestamp_seconds", "End of the last successful loop, epoch", registry=registry
         )
+        # The alerts compare loop age and loop duration with this, so they hold for any configured interval.
+        self.loop_interval = Gauge(
+            "p29_shadow_loop_interval_seconds", "Configured time between loop starts (LOOP_INTERVAL_SEC)",
+            registry=registry,
+        )  # fmt: skip
         for reason in EffReason:
             self.proposed.labels(reason.value)
         for skip in SkipReason:
