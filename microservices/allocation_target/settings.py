@@ -12,6 +12,7 @@ from microservices.core.settings import (
     MAX_SECONDS,
     CommonSettings,
     ConfigError,
+    no_white_space,
     non_negative,
     port,
     positive,
@@ -31,7 +32,9 @@ class ProposerSettings(CommonSettings):
     max_mult: float = setting("P31_MAX_MULT", 1.5, "highest multiplier", check=non_negative)
     scale: float = setting("P31_SCALE", 1.0, "multiplier change per unit of score away from 0.5")
     base: float = setting("P31_BASE", 1.0, "multiplier at score 0.5")
-    stream_name: str = setting("PROPOSE_STREAM_NAME", DEFAULT_STREAM, "stream the proposals are appended to")
+    stream_name: str = setting(
+        "PROPOSE_STREAM_NAME", DEFAULT_STREAM, "stream the proposals are appended to", check=no_white_space
+    )
     stream_maxlen: int = setting(
         "PROPOSE_STREAM_MAXLEN", 10000, "approximate length the stream is trimmed to", check=positive_up_to(MAX_COUNT)
     )

@@ -22,7 +22,9 @@ Raw = bytes | str | None
 
 
 def _as_bytes(raw: Raw) -> bytes | None:
-    if raw is None:
+    """``raw`` as ASCII bytes, or None when absent, not ASCII, or longer than any number: the length is checked
+    first, so a 1 MB text is refused without a copy of it."""
+    if raw is None or len(raw) > MAX_NUMBER_LENGTH:
         return None
     if isinstance(raw, str):
         try:
@@ -35,7 +37,7 @@ def _as_bytes(raw: Raw) -> bytes | None:
 def parse_float(raw: Raw) -> float | None:
     """The value of ``raw`` as a finite float, or None when it is absent, not plain decimal notation, or not finite."""
     data = _as_bytes(raw)
-    if data is None or len(data) > MAX_NUMBER_LENGTH or data.translate(None, _DECIMAL_BYTES):
+    if data is None or data.translate(None, _DECIMAL_BYTES):
         return None
     try:
         value = float(data)
@@ -47,12 +49,21 @@ def parse_float(raw: Raw) -> float | None:
 def parse_int(raw: Raw) -> int | None:
     """The value of ``raw`` as an int, or None when it is absent or not a plain ASCII integer."""
     data = _as_bytes(raw)
-    if data is None or len(data) > MAX_NUMBER_LENGTH or _INTEGER.fullmatch(data) is None:
+    if data is None or _INTEGER.fullmatch(data) is None:
         return None
     return int(data)
 
 
 def show_raw(raw: Raw, limit: int = 40) -> str:
-    """A raw value for a log line or a reason's detail: decoded leniently, quoted, and cut to ``limit`` characters."""
-    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-    return repr(text if len(text) <= limit else text[:limit] + "...")
+    """A raw value for a log line or a reason's detail: decoded leniently, quoted, and cut to ``limit`` characters.
+
+    Only the head of the value is decoded (at most 4 bytes per character in UTF-8), so showing a 1 MB value costs
+    what showing a short one does."""
+    head_bytes = 4 * limit + 1
+    if isinstance(raw, bytes):
+        text = raw[:head_bytes].decode("utf-8", "replace")
+        cut = len(raw) > head_bytes
+    else:
+        text = str(raw)
+        cut = False
+    return repr(text[:limit] + "..." if cut or len(text) > limit else text)

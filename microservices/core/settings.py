@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 from dotenv.parser import parse_stream
@@ -105,10 +106,30 @@ def positive_up_to(high: float) -> Check:
     return check
 
 
+def no_white_space(value: str) -> str | None:
+    """A Redis key, stream, group or consumer name, or a host name: white space in one is a mistake, most often an
+    inline ``# comment`` that systemd kept in the value (``STREAM=name # note``)."""
+    if not value or not value.isprintable() or any(c.isspace() for c in value):
+        return "must be non-empty with no white space"
+    return None
+
+
+#: The path of a ``redis://`` URL: none, ``/`` or ``/<db number>``. redis-py silently ignores any other path.
+_URL_DB_PATH = re.compile(r"(/[0-9]*)?")
+
+
 def redis_url(value: str | None) -> str | None:
-    """A URL redis-py accepts, options included: building a connection (which sends nothing) checks them all."""
+    """A URL redis-py accepts, options included: building a connection (which sends nothing) checks them all.
+
+    Beyond what redis-py checks: no white space and no ``#`` (a URL holds neither unencoded; redis-py would drop a
+    ``# note`` as a fragment, and read ``/0 # note`` as database 0), and a path that is a database number (redis-py
+    reads ``/x`` as database 0)."""
     if value is None:
         return None
+    if any(c.isspace() for c in value) or "#" in value:
+        return "must not hold white space or '#' (an inline comment?); percent-encode them in a password"
+    if not value.startswith("unix://") and _URL_DB_PATH.fullmatch(urlsplit(value).path) is None:
+        return "the path must be a database number such as /0"
     try:
         options = parse_url(value)
         pool = ConnectionPool.from_url(value)
@@ -268,7 +289,7 @@ class CommonSettings(Settings):
         check=redis_url,
         secret=True,
     )
-    redis_host: str = setting("REDIS_HOST", "localhost", "Redis host, when REDIS_URL is not set")
+    redis_host: str = setting("REDIS_HOST", "localhost", "Redis host, when REDIS_URL is not set", check=no_white_space)
     redis_port: int = setting("REDIS_PORT", 6379, "Redis port, when REDIS_URL is not set", check=port)
     redis_db: int = setting(
         "REDIS_DB", 0, "Redis database number, when REDIS_URL is not set", check=between(0, MAX_REDIS_SECONDS)

@@ -11,6 +11,9 @@ from microservices.core.numbers import parse_float, show_raw
 EXECUTE = "EXECUTE"
 #: Longest accepted ``plan_id`` and ``symbol``: both become parts of Redis key names.
 MAX_ID_LENGTH = 128
+#: An invalid plan's plan_id and symbol are shown (in its event and log lines) cut to this many characters: enough to
+#: show any plausible mistake whole, while a 1 MB plan_id is not copied into every event.
+MAX_SHOWN_ID_LENGTH = 1024
 #: Actions that reduce a position; ``PARTIAL_*`` and ``CLOSE*`` do too (matched exactly, upper case).
 FULL_CLOSE = "FULL_CLOSE_PROPOSED"
 REDUCING_PREFIXES = ("PARTIAL_", "CLOSE")
@@ -54,11 +57,17 @@ class InvalidPlan:
 
     @property
     def plan_id(self) -> str:
-        return self.fields.get("plan_id", "")
+        """The plan_id as the event and the log show it: cut to :data:`MAX_SHOWN_ID_LENGTH` characters (the dead
+        letter keeps the original), so a 1 MB plan_id is not copied into every event and log line."""
+        return _cut(self.fields.get("plan_id", ""))
 
     @property
     def symbol(self) -> str:
-        return self.fields.get("symbol", "")
+        return _cut(self.fields.get("symbol", ""))
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_SHOWN_ID_LENGTH else text[:MAX_SHOWN_ID_LENGTH] + "..."
 
 
 def entry_time(entry_id: str) -> float:

@@ -12,6 +12,7 @@ from microservices.core.settings import (
     MAX_REDIS_SECONDS,
     CommonSettings,
     between,
+    no_white_space,
     port,
     positive,
     positive_up_to,
@@ -28,12 +29,6 @@ MAX_READ_BLOCK_MS = 2000
 SOCKET_TIMEOUT_MARGIN_SEC = 2.0
 #: /healthz is 200 while the last successful read is younger than this (SPEC §5): every read is a loop.
 HEALTH_MAX_AGE_SEC = 10.0
-
-
-def _no_whitespace(value: str) -> str | None:
-    if not value or any(c.isspace() for c in value):
-        return "must be non-empty with no white space"
-    return None
 
 
 def _host_name() -> str:
@@ -74,14 +69,14 @@ class GovernorSettings(CommonSettings):
     # --- consumption
     plans_stream: str = setting(
         "STREAM_PLANS", DEFAULT_PLANS_STREAM, "stream of execution plans; dead letters go to <STREAM_PLANS>.dlq",
-        check=_no_whitespace,
+        check=no_white_space,
     )  # fmt: skip
-    group: str = setting("GOV_GROUP", "governor", "consumer group on STREAM_PLANS", check=_no_whitespace)
+    group: str = setting("GOV_GROUP", "governor", "consumer group on STREAM_PLANS", check=no_white_space)
     consumer: str = setting(
         "GOV_CONSUMER",
         doc="consumer name, stable across restarts so that pending plans are re-read (default: the host name)",
         default_factory=_host_name,
-        check=_no_whitespace,
+        check=no_white_space,
     )
     block_ms: int = setting(
         "GOV_BLOCK_MS",
