@@ -1,0 +1,108 @@
+"""``p31ctl check-config FILE``: is this env file one the daemon will start with?
+
+The file is judged by the very code the daemon runs at start-up (:func:`read_env_file`, then :func:`load_settings`
+of its settings class), never by a second validator, and by its content alone: the caller's environment, which
+the daemon on the VPS will not have, is left out. On top of what the daemon checks, a variable the daemon does not
+read is reported, since it is most likely a typo of one it does.
+
+Which daemon reads the file: the one whose own variables (those the other daemon does not read) it sets. A file
+that sets own variables of both, or of neither, needs ``--daemon``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from microservices.core.settings import EX_CONFIG, ConfigError, load_settings, read_env_file
+from microservices.ops.daemons import DAEMONS, DaemonInfo
+
+if TYPE_CHECKING:
+    from microservices.ops.cli import Context
+
+
+class AmbiguousDaemonError(Exception):
+    """The file does not say which daemon reads it."""
+
+
+def own_variables(daemon: DaemonInfo) -> frozenset[str]:
+    """The variables only ``daemon`` reads: what tells its env file from the other's."""
+    others = frozenset().union(*(d.variables for d in DAEMONS.values() if d is not daemon))
+    return daemon.variables - others
+
+
+def infer_daemon(variables: Collection[str]) -> DaemonInfo:
+    """The daemon whose own variables ``variables`` include; else :class:`AmbiguousDaemonError`."""
+    present = set(variables)
+    matches = [d for d in DAEMONS.values() if present & own_variables(d)]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        shown = "; ".join(f"{d.name}: {', '.join(sorted(present & own_variables(d)))}" for d in matches)
+        raise AmbiguousDaemonError(f"it sets variables of both daemons ({shown})")
+    raise AmbiguousDaemonError("it sets no variable that only one daemon reads")
+
+
+@dataclass(frozen=True)
+class ConfigCheck:
+    """The verdict on one env file."""
+
+    path: str
+    daemon: str | None
+    error: ConfigError | None
+    #: Variables in the file that the daemon does not read, sorted.
+    unknown: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def check_env_file(path: str, daemon_name: str | None = None) -> ConfigCheck:
+    """Read ``path`` as systemd and the daemon would, and build the daemon's settings from it alone."""
+    try:
+        values = read_env_file(path)
+    except ConfigError as exc:
+        return ConfigCheck(path, daemon_name, exc, ())
+    daemon = DAEMONS[daemon_name] if daemon_name is not None else infer_daemon(values)
+    unknown = tuple(sorted(set(values) - daemon.variables))
+    try:
+        load_settings(daemon.settings_class, values)
+    except ConfigError as exc:
+        return ConfigCheck(path, daemon.name, exc, unknown)
+    return ConfigCheck(path, daemon.name, None, unknown)
+
+
+def run_check_config(ctx: Context) -> int:
+    from microservices.ops.cli import UsageError
+
+    path: str = ctx.args.file
+    try:
+        result = check_env_file(path, ctx.args.daemon)
+    except AmbiguousDaemonError as exc:
+        raise UsageError(
+            f"cannot tell which daemon reads {path}: {exc}; pass --daemon allocation-target|governor"
+        ) from None
+    failed = not result.ok or (ctx.args.strict and bool(result.unknown))
+    if ctx.json:
+        ctx.emit_json(
+            {
+                "file": path,
+                "daemon": result.daemon,
+                "ok": not failed,
+                "error": None if result.error is None else str(result.error),
+                "variable": None if result.error is None else result.error.variable,
+                "unknown_variables": list(result.unknown),
+            }
+        )
+    else:
+        for name in result.unknown:
+            print(f"warning: {path}: {name} is not read by {result.daemon} (a typo?)", file=ctx.err)
+        if result.error is not None:
+            print(str(result.error), file=ctx.err)
+        elif failed:
+            print(f"invalid configuration: {path}: variables {result.daemon} does not read (--strict)", file=ctx.err)
+        else:
+            print(f"OK: {path} ({result.daemon})", file=ctx.out)
+    return EX_CONFIG if failed else 0

@@ -1,0 +1,278 @@
+"""``p31ctl``: the operator's view of the P3.1 daemons, computed with the daemons' own code.
+
+Subcommands: ``status``, ``explain SYMBOL``, ``report --since 1h``, ``check-config FILE``, ``inject-efficiency``,
+``inject-plan`` and ``env-template``. Each prints readable aligned tables, or with ``--json`` one JSON document.
+The Redis connection comes from ``--env-file FILE`` plus the environment exactly as the daemons read it
+(:func:`microservices.core.settings.environment` and :func:`~microservices.core.settings.load_settings`), so
+``REDIS_URL`` and friends mean the same here as there.
+
+Exit status (sysexits): 0 success, 64 usage error, 69 Redis unreachable, 78 bad configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn, TextIO, TypeVar
+
+from redis.exceptions import ResponseError
+
+from microservices.core.redis_client import REDIS_ERRORS, RedisClient, connect, describe_target
+from microservices.core.settings import EX_CONFIG, CommonSettings, ConfigError, environment, load_settings
+
+PROG = "p31ctl"
+S = TypeVar("S", bound=CommonSettings)
+EX_OK = 0
+EX_USAGE = 64
+EX_UNAVAILABLE = 69
+
+#: The daemons an env file can belong to, as ``check-config --daemon`` and ``env-template`` name them.
+DAEMON_NAMES = ("allocation-target", "governor")
+
+
+class UsageError(Exception):
+    """A command line that cannot be carried out as given: exit 64 with this message."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on a usage error; sysexits (and the units' tooling) say 64."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every subcommand gets: its arguments, where to write, and the connection settings' source."""
+
+    args: argparse.Namespace
+    json: bool
+    env_file: str | None
+    out: TextIO
+    err: TextIO
+
+    def settings(self, cls: type[S]) -> S:
+        """``cls`` loaded as the daemons load it: ``--env-file`` overridden by the environment."""
+        return load_settings(cls, environment(self.env_file))
+
+    def connect(self, settings: CommonSettings) -> RedisClient:
+        return connect(settings, client_name=PROG)
+
+    def emit_json(self, document: object) -> None:
+        json.dump(document, self.out, indent=2, sort_keys=False)
+        self.out.write("\n")
+
+
+Handler = Callable[[Context], int]
+
+
+def _global_options() -> argparse.ArgumentParser:
+    """Options accepted both before and after the subcommand (``p31ctl --json status`` = ``p31ctl status --json``).
+
+    Their defaults are suppressed so that a value given before the subcommand is not reset by the subparser."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--env-file",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="read settings (Redis connection, thresholds) from FILE as the daemons do; the environment wins",
+    )
+    parent.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON document for machines"
+    )
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common: Any = _global_options()  # argparse types parents= with the subparser class
+    parser = _Parser(
+        prog=PROG,
+        description="Operate the P3.1 daemons: live status, per-symbol explanation, shadow report, config checks, "
+        "test-data injection. Exit status: 0 ok, 64 usage, 69 Redis unreachable, 78 bad configuration.",
+        parents=[common],
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+
+    status = sub.add_parser(
+        "status",
+        parents=[common],
+        help="per symbol: score, reason, base, multiplier, proposed target now, last shadow proposal",
+        description="One row per live allocation target (found with SCAN, as the proposer does): the efficiency "
+        "reading, the multiplier and target the proposer would propose now, and its last shadow proposal.",
+    )
+    status.add_argument("--symbol", action="append", metavar="SYMBOL", help="only this symbol (repeatable)")
+    status.set_defaults(handler=_run_status)
+
+    explain = sub.add_parser(
+        "explain",
+        parents=[common],
+        help="every check of SPEC §1-§3 for one symbol, with the values it looked at",
+        description="Walk one symbol through the efficiency classification (SPEC §1), the proposer's multiplier "
+        "(§2) and the governor's downsize hint (§3), naming the check that decided the reason.",
+    )
+    explain.add_argument("symbol", metavar="SYMBOL")
+    explain.add_argument(
+        "--governor-env-file",
+        metavar="FILE",
+        help="the governor's env file for its thresholds (default: --env-file); the environment wins",
+    )
+    explain.set_defaults(handler=_run_explain)
+
+    report = sub.add_parser(
+        "report",
+        parents=[common],
+        help="shadow what-if over the proposals stream: reasons, multipliers, USD change if enforced",
+        description="Aggregate the proposals stream (PROPOSE_STREAM_NAME) over a recent window.",
+    )
+    report.add_argument(
+        "--since", default="1h", metavar="DURATION", help="window: 30m, 1h, 2d, 90s or plain seconds (default 1h)"
+    )
+    report.set_defaults(handler=_run_report)
+
+    check = sub.add_parser(
+        "check-config",
+        parents=[common],
+        help="validate an env file with the daemons' own code (exit 78 when invalid)",
+        description="Validate FILE exactly as the daemon would read it (the caller's environment is ignored). The "
+        "daemon is the one whose own variables the file sets; give --daemon when it sets none or both.",
+    )
+    check.add_argument("file", metavar="FILE")
+    check.add_argument("--daemon", choices=DAEMON_NAMES, help="which daemon reads FILE (default: inferred)")
+    check.add_argument("--strict", action="store_true", help="variables the daemon does not read fail (exit 78)")
+    check.set_defaults(handler=_run_check_config)
+
+    inject_eff = sub.add_parser(
+        "inject-efficiency",
+        parents=[common],
+        help="write an efficiency hash (and optionally a live target) for a test symbol",
+        description="Replace quantum:capital:efficiency:SYMBOL with the given fields, written as given (so that "
+        "malformed input can be injected too). With --target-usd also write a live target for the test symbol.",
+    )
+    inject_eff.add_argument("symbol", metavar="SYMBOL")
+    inject_eff.add_argument("--score", required=True, metavar="S", help="efficiency_score, written as given")
+    inject_eff.add_argument("--confidence", required=True, metavar="C", help="confidence, written as given")
+    inject_eff.add_argument("--ts", metavar="T", help="ts field (default: now)")
+    inject_eff.add_argument("--ttl", type=int, metavar="N", help="TTL of the keys written, seconds (default 3600)")
+    inject_eff.add_argument("--target-usd", metavar="X", help="also write quantum:allocation:target:SYMBOL")
+    inject_eff.set_defaults(handler=_run_inject_efficiency)
+
+    inject_plan = sub.add_parser(
+        "inject-plan",
+        parents=[common],
+        help="append an execution plan to the plans stream",
+        description="Append a plan to STREAM_PLANS (or --stream); fields are written as given.",
+    )
+    inject_plan.add_argument("--plan-id", required=True, metavar="ID")
+    inject_plan.add_argument("--symbol", required=True, metavar="SYM")
+    inject_plan.add_argument("--action", default="OPEN_LONG", metavar="A")
+    inject_plan.add_argument("--decision", default="EXECUTE", metavar="D")
+    inject_plan.add_argument("--side", default="BUY", metavar="SIDE")
+    inject_plan.add_argument("--qty", default="1.0", metavar="Q")
+    inject_plan.add_argument("--reduce-only", metavar="V", help="reduceOnly field (true/1 makes the plan reducing)")
+    inject_plan.add_argument("--kill-score", metavar="K")
+    inject_plan.add_argument("--timestamp", metavar="T", help="timestamp field (default: now)")
+    inject_plan.add_argument(
+        "--field", action="append", default=[], metavar="NAME=VALUE", help="any other field (repeatable)"
+    )
+    inject_plan.add_argument("--stream", metavar="NAME", help="stream to append to (default: STREAM_PLANS)")
+    inject_plan.set_defaults(handler=_run_inject_plan)
+
+    template = sub.add_parser(
+        "env-template",
+        parents=[common],
+        help="print the shipped env file of a daemon, generated from its settings",
+        description="Print the env file documenting every variable DAEMON reads, with its default. The shipped "
+        "deploy/allocation-target.env and deployment/config/governor.env are exactly this output.",
+    )
+    template.add_argument("daemon", choices=DAEMON_NAMES)
+    template.set_defaults(handler=_run_env_template)
+    return parser
+
+
+# --- subcommands ---------------------------------------------------------------------------------------------------
+
+
+def _run_status(ctx: Context) -> int:
+    from microservices.ops.status import run_status
+
+    return run_status(ctx)
+
+
+def _run_explain(ctx: Context) -> int:
+    from microservices.ops.explain import run_explain
+
+    return run_explain(ctx)
+
+
+def _run_report(ctx: Context) -> int:
+    from microservices.ops.report import run_report
+
+    return run_report(ctx)
+
+
+def _run_check_config(ctx: Context) -> int:
+    from microservices.ops.check_config import run_check_config
+
+    return run_check_config(ctx)
+
+
+def _run_inject_efficiency(ctx: Context) -> int:
+    from microservices.ops.inject_commands import run_inject_efficiency
+
+    return run_inject_efficiency(ctx)
+
+
+def _run_inject_plan(ctx: Context) -> int:
+    from microservices.ops.inject_commands import run_inject_plan
+
+    return run_inject_plan(ctx)
+
+
+def _run_env_template(ctx: Context) -> int:
+    from microservices.ops.env_template import run_env_template
+
+    return run_env_template(ctx)
+
+
+# --- entry point ---------------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Run ``p31ctl`` and return its exit status; a failure is one line on stderr, never a traceback."""
+    ns = build_parser().parse_args(argv)
+    ctx = Context(
+        args=ns,
+        json=bool(getattr(ns, "json", False)),
+        env_file=getattr(ns, "env_file", None),
+        out=out or sys.stdout,
+        err=err or sys.stderr,
+    )
+    handler: Handler = ns.handler
+    try:
+        return handler(ctx)
+    except UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=ctx.err)
+        return EX_USAGE
+    except ConfigError as exc:
+        print(f"{PROG}: {exc}", file=ctx.err)
+        return EX_CONFIG
+    except REDIS_ERRORS as exc:
+        what = "command failed" if isinstance(exc, ResponseError) else "unreachable"
+        print(f"{PROG}: Redis {what}{_where(ctx)}: {type(exc).__name__}: {exc}", file=ctx.err)
+        return EX_UNAVAILABLE
+
+
+def _where(ctx: Context) -> str:
+    """Where the connection went, for the one-line failure: never the password."""
+    try:
+        return " at " + describe_target(ctx.settings(CommonSettings))
+    except ConfigError:
+        return ""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
