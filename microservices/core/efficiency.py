@@ -41,6 +41,19 @@ class EffReason(StrEnum):
     OK = "ok"
 
 
+class EffCheck(StrEnum):
+    """The checks of SPEC §1 in the order the classification makes them; a reading names the one that decided it."""
+
+    READ = "read ok"
+    PRESENT = "key present"
+    SCORE = "score usable"
+    CONFIDENCE = "confidence usable"
+    TIMESTAMP = "timestamp usable"
+    FUTURE = "not in the future"
+    STALE = "not stale"
+    MIN_CONF = "confidence high enough"
+
+
 @dataclass(frozen=True)
 class EfficiencyPolicy:
     """The thresholds a reading is judged by."""
@@ -61,6 +74,8 @@ class EfficiencyReading:
     ts: float | None = None
     age_sec: float | None = None
     detail: str = ""
+    #: The check that failed and so gave the reason; None for ``ok``, which passed them all.
+    check: EffCheck | None = None
 
     @property
     def ok(self) -> bool:
@@ -78,7 +93,7 @@ class EfficiencyReading:
 
     @classmethod
     def redis_error(cls, detail: str) -> EfficiencyReading:
-        return cls(EffReason.REDIS_ERROR, detail=detail)
+        return cls(EffReason.REDIS_ERROR, detail=detail, check=EffCheck.READ)
 
 
 def efficiency_key(symbol: str) -> str:
@@ -112,7 +127,7 @@ def parse_timestamp(raw: Raw, *, allow_iso: bool) -> float | None:
 
 
 #: The reading of an absent efficiency hash.
-MISSING_READING = EfficiencyReading(EffReason.MISSING, detail="efficiency hash absent or empty")
+MISSING_READING = EfficiencyReading(EffReason.MISSING, detail="efficiency hash absent or empty", check=EffCheck.PRESENT)
 
 #: The values of :data:`EFFICIENCY_FIELDS`, in that order, as ``HMGET`` returns them (None for an absent field).
 EfficiencyValues = Sequence[Raw]
@@ -141,37 +156,42 @@ def classify_values(values: EfficiencyValues | None, now: float, policy: Efficie
     score = parse_float(raw_score)
     confidence = parse_float(raw_conf)
     if raw_score is None:
-        return _invalid(score, confidence, f"{SCORE_FIELD} absent")
+        return _invalid(score, confidence, EffCheck.SCORE, f"{SCORE_FIELD} absent")
     if score is None or not 0.0 <= score <= 1.0:
-        return _invalid(score, confidence, f"{SCORE_FIELD} {show_raw(raw_score)} is not a number in [0, 1]")
+        detail = f"{SCORE_FIELD} {show_raw(raw_score)} is not a number in [0, 1]"
+        return _invalid(score, confidence, EffCheck.SCORE, detail)
     if raw_conf is None:
-        return _invalid(score, confidence, f"{CONFIDENCE_FIELD} absent")
+        return _invalid(score, confidence, EffCheck.CONFIDENCE, f"{CONFIDENCE_FIELD} absent")
     if confidence is None or not 0.0 <= confidence <= 1.0:
-        return _invalid(score, confidence, f"{CONFIDENCE_FIELD} {show_raw(raw_conf)} is not a number in [0, 1]")
+        detail = f"{CONFIDENCE_FIELD} {show_raw(raw_conf)} is not a number in [0, 1]"
+        return _invalid(score, confidence, EffCheck.CONFIDENCE, detail)
 
     if raw_ts is not None:  # a present ts decides, usable or not: no fall-back to timestamp
         ts = parse_timestamp(raw_ts, allow_iso=False)
         if ts is None:
-            return _invalid(score, confidence, f"{TS_FIELD} {show_raw(raw_ts)} is not an epoch time")
+            return _invalid(
+                score, confidence, EffCheck.TIMESTAMP, f"{TS_FIELD} {show_raw(raw_ts)} is not an epoch time"
+            )
     elif raw_timestamp is not None:
         ts = parse_timestamp(raw_timestamp, allow_iso=True)
         if ts is None:
             detail = f"{TIMESTAMP_FIELD} {show_raw(raw_timestamp)} is not an epoch or ISO-8601 time"
-            return _invalid(score, confidence, detail)
+            return _invalid(score, confidence, EffCheck.TIMESTAMP, detail)
     else:
-        return _invalid(score, confidence, f"no {TS_FIELD} or {TIMESTAMP_FIELD}")
+        return _invalid(score, confidence, EffCheck.TIMESTAMP, f"no {TS_FIELD} or {TIMESTAMP_FIELD}")
 
     age = now - ts
     if -age > policy.max_future_sec:
-        return EfficiencyReading(EffReason.INVALID, score, confidence, ts, age, f"timestamp {-age:.0f}s in the future")
+        detail = f"timestamp {-age:.0f}s in the future"
+        return EfficiencyReading(EffReason.INVALID, score, confidence, ts, age, detail, EffCheck.FUTURE)
     if age > policy.stale_sec:
-        return EfficiencyReading(EffReason.STALE, score, confidence, ts, age, f"{age:.0f}s old > {policy.stale_sec:g}s")
+        detail = f"{age:.0f}s old > {policy.stale_sec:g}s"
+        return EfficiencyReading(EffReason.STALE, score, confidence, ts, age, detail, EffCheck.STALE)
     if confidence < policy.min_conf:
-        return EfficiencyReading(
-            EffReason.LOW_CONF, score, confidence, ts, age, f"confidence {confidence:g} < {policy.min_conf:g}"
-        )
+        detail = f"confidence {confidence:g} < {policy.min_conf:g}"
+        return EfficiencyReading(EffReason.LOW_CONF, score, confidence, ts, age, detail, EffCheck.MIN_CONF)
     return EfficiencyReading(EffReason.OK, score, confidence, ts, age)
 
 
-def _invalid(score: float | None, confidence: float | None, detail: str) -> EfficiencyReading:
-    return EfficiencyReading(EffReason.INVALID, score=score, confidence=confidence, detail=detail)
+def _invalid(score: float | None, confidence: float | None, check: EffCheck, detail: str) -> EfficiencyReading:
+    return EfficiencyReading(EffReason.INVALID, score=score, confidence=confidence, detail=detail, check=check)

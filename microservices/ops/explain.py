@@ -34,6 +34,7 @@ from microservices.core.efficiency import (
     SCORE_FIELD,
     TIMESTAMP_FIELD,
     TS_FIELD,
+    EffCheck,
     EfficiencyPolicy,
     EfficiencyReading,
     EffReason,
@@ -52,19 +53,6 @@ if TYPE_CHECKING:
     from microservices.ops.cli import Context
 
 
-class EffCheck(StrEnum):
-    """The checks of SPEC §1, in the order the classification makes them."""
-
-    READ = "read ok"
-    PRESENT = "key present"
-    SCORE = "score usable"
-    CONFIDENCE = "confidence usable"
-    TIMESTAMP = "timestamp usable"
-    FUTURE = "not in the future"
-    STALE = "not stale"
-    MIN_CONF = "confidence high enough"
-
-
 class Status(StrEnum):
     PASS = "pass"
     FAIL = "FAIL"
@@ -81,30 +69,9 @@ class Step:
 
 
 def deciding_check(reading: EfficiencyReading) -> EffCheck | None:
-    """The check that gave ``reading`` its reason (None for ``ok``: every check passed).
-
-    ``invalid_eff`` has four checks behind it; which one failed is read off what the classification kept: a
-    timestamp (only a reading that got past the timestamp check has one) means the future check, otherwise the
-    field its detail names first, as :func:`~microservices.core.efficiency.classify_values` writes it.
-    """
-    match reading.reason:
-        case EffReason.REDIS_ERROR:
-            return EffCheck.READ
-        case EffReason.MISSING:
-            return EffCheck.PRESENT
-        case EffReason.STALE:
-            return EffCheck.STALE
-        case EffReason.LOW_CONF:
-            return EffCheck.MIN_CONF
-        case EffReason.OK:
-            return None
-    if reading.ts is not None:
-        return EffCheck.FUTURE
-    if reading.detail.startswith(SCORE_FIELD):
-        return EffCheck.SCORE
-    if reading.detail.startswith(CONFIDENCE_FIELD):
-        return EffCheck.CONFIDENCE
-    return EffCheck.TIMESTAMP
+    """The check that gave ``reading`` its reason (None for ``ok``: every check passed), as the classification
+    recorded it."""
+    return reading.check
 
 
 def _raw(values: Mapping[str, Raw], name: str) -> str:

@@ -7,10 +7,10 @@ from collections.abc import Mapping
 import pytest
 
 from microservices.allocation_target.settings import ProposerSettings
-from microservices.core.efficiency import EfficiencyReading, EffReason, classify_efficiency
+from microservices.core.efficiency import EffCheck, EfficiencyReading, EffReason, classify_efficiency
 from microservices.core.numbers import Raw
 from microservices.governor.settings import GovernorSettings
-from microservices.ops.explain import EffCheck, Explanation, Facts, Status, build_explanation, deciding_check
+from microservices.ops.explain import Explanation, Facts, Status, build_explanation, deciding_check
 
 NOW = 1_700_000_000.0
 PROPOSER = ProposerSettings()
