@@ -120,6 +120,15 @@ def _number(fields: Mapping[str, str], name: str) -> tuple[float | None, str | N
     return value, None
 
 
+def _quantity(fields: Mapping[str, str], name: str) -> tuple[float | None, str | None]:
+    """A size: :func:`_number`, and never negative. The direction is the plan's ``side``; a negative size is an
+    upstream bug, and a permit must not carry (or, in enforce mode, scale) a number that means nothing."""
+    value, problem = _number(fields, name)
+    if value is not None and value < 0:
+        return None, f"{name} {show_raw(fields[name])} is negative"
+    return value, problem
+
+
 def parse_plan(entry_id: str, fields: EntryFields) -> Plan | InvalidPlan:
     """Parse one stream entry. Only a missing or malformed ``plan_id`` or ``symbol`` makes the plan invalid (SPEC §3
     step 1); a numeric field that is present but not a finite number is kept as a problem for the decision steps
@@ -137,8 +146,8 @@ def parse_plan(entry_id: str, fields: EntryFields) -> Plan | InvalidPlan:
         problem = _identifier_problem(name, text.get(name))
         if problem is not None:
             return InvalidPlan(entry_id, text, problem)
-    qty, qty_problem = _number(text, "qty")
-    notional, notional_problem = _number(text, "notional")
+    qty, qty_problem = _quantity(text, "qty")
+    notional, notional_problem = _quantity(text, "notional")
     kill_score, kill_score_problem = _number(text, "kill_score")
     action = text.get("action", "")
     return Plan(

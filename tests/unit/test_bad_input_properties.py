@@ -320,8 +320,9 @@ def check_permit(plan: Plan, outcome: Outcome, policy: Policy) -> None:
         assert (factor, extra) == (1.0, "0")
     qty, computed = plan.qty, permit["computed_qty"]
     assert isinstance(computed, float) and math.isfinite(computed)
-    if policy.mode == "enforce":  # scaled toward zero, never beyond the plan's quantity
-        assert abs(computed) <= abs(qty) and computed * qty >= 0
+    assert qty >= 0  # a negative size is refused as a dead letter before any permit
+    if policy.mode == "enforce":  # scaled down, never beyond the plan's quantity
+        assert 0 <= computed <= qty
     else:
         assert computed == qty
 
@@ -381,11 +382,15 @@ def test_showing_a_value_costs_what_its_head_does() -> None:
     assert peak_allocation(lambda: show_raw(b"\xff" * MB)) < MB + FIXED_OVERHEAD  # the argument itself is 1 MB
 
 
-def test_negative_and_huge_quantities_are_scaled_toward_zero_in_enforce_mode() -> None:
+def test_huge_quantities_are_scaled_down_in_enforce_mode_and_negative_ones_are_dead_letters() -> None:
     policy = Policy.from_settings(load_settings(GovernorSettings, {"GOV_CONSUMER": "c", "P31_GOV_MODE": "enforce"}))
     ok = EfficiencyReading(EffReason.OK, 0.0, 0.9, NOW - 10, 10.0)
-    for qty, expected in (("-8", -2.0), ("1e308", 2.5e307), ("-0", 0.0)):
+    for qty, expected in (("1e308", 2.5e307), ("-0", 0.0), ("8", 2.0)):
         plan = parse_plan(ENTRY_ID, {"plan_id": "p", "symbol": "S", "decision": "EXECUTE", "qty": qty})
         assert isinstance(plan, Plan)
         outcome = decide(plan, Facts(NOW, reading=ok), policy)
         assert outcome.event is Event.PERMIT and outcome.computed_qty == expected
+    negative = parse_plan(ENTRY_ID, {"plan_id": "p", "symbol": "S", "decision": "EXECUTE", "qty": "-8"})
+    assert isinstance(negative, Plan)
+    outcome = decide(negative, Facts(NOW, reading=ok), policy)
+    assert (outcome.event, outcome.reason.value) == (Event.DEAD_LETTER, "invalid_plan")

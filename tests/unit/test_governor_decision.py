@@ -135,6 +135,9 @@ def test_malformed_plans_are_invalid(fields: dict[str, str], problem: str) -> No
         ({"qty": "ten"}, "qty 'ten' is not a finite number", None),
         ({"qty": "nan"}, "qty 'nan' is not a finite number", None),
         ({"notional": "1,5"}, "notional '1,5' is not a finite number", None),
+        ({"qty": "-8"}, "qty '-8' is negative", None),
+        ({"notional": "-0.5"}, "notional '-0.5' is negative", None),
+        ({"qty": "-0", "kill_score": "-1"}, None, None),  # -0 is 0; a negative kill_score is below any threshold
         ({"kill_score": "inf"}, None, "kill_score 'inf' is not a finite number"),
         ({"qty": "", "kill_score": ""}, None, None),  # empty: absent
     ],
