@@ -83,9 +83,14 @@ def probability(value: float) -> str | None:
     return None if 0 <= value <= 1 else "must be within [0, 1]"
 
 
+def _bound(value: float) -> str:
+    """A bound as an operator would type it: whole numbers in full (2147483647, not 2.14748e+09)."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
 def between(low: float, high: float) -> Check:
     def check(value: float) -> str | None:
-        return None if low <= value <= high else f"must be within [{low:g}, {high:g}]"
+        return None if low <= value <= high else f"must be within [{_bound(low)}, {_bound(high)}]"
 
     return check
 
@@ -101,7 +106,7 @@ MAX_COUNT = 2**53
 
 def positive_up_to(high: float) -> Check:
     def check(value: float) -> str | None:
-        return None if 0 < value <= high else f"must be greater than 0 and at most {high:g}"
+        return None if 0 < value <= high else f"must be greater than 0 and at most {_bound(high)}"
 
     return check
 
