@@ -17,6 +17,7 @@ from microservices.core.http_server import HealthState, MetricsServer
 from microservices.core.logs import LOG_FORMATS, setup_logging
 from microservices.core.redis_client import REDIS_ERRORS, describe_target, reconnect_backoff
 from microservices.core.runner import EX_OK, EX_UNAVAILABLE, ONCE_UNAVAILABLE_AFTER_SEC, LoopRunner, Step
+from microservices.core.secrets import Redactor, secret_values
 from microservices.core.settings import EX_CONFIG, CommonSettings, ConfigError, environment, load_settings
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,28 @@ S = TypeVar("S", bound=CommonSettings)
 
 #: The metrics port could not be bound, or another start-up failure that a restart may cure.
 EX_SOFTWARE = 70
+
+
+class RedactingFormatter(logging.Formatter):
+    """Wraps a formatter and blanks out every secret in what it produces: message, ``extra`` fields and traceback
+    alike."""
+
+    def __init__(self, inner: logging.Formatter, redact: Redactor) -> None:
+        super().__init__()
+        self._inner = inner
+        self._redact = redact
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self._redact(self._inner.format(record))
+
+
+def redact_logs(secrets: frozenset[str]) -> None:
+    """Make every handler of the root logger blank out ``secrets``."""
+    redact = Redactor(secrets)
+    if not redact:
+        return
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(RedactingFormatter(handler.formatter or logging.Formatter(), redact))
 
 
 @dataclass(frozen=True)
@@ -104,7 +127,9 @@ def run_daemon(
     args = parse_args(prog, description, argv)
     setup_logging(args.log_level, args.log_format)
     try:
-        settings = load_settings(settings_class, environment(args.env_file))
+        env = environment(args.env_file)
+        redact_logs(secret_values(env))
+        settings = load_settings(settings_class, env)
     except ConfigError as exc:
         log.error("%s", exc)
         return EX_CONFIG

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -64,27 +65,62 @@ class _Routes:
     health: HealthState
 
 
+#: The only methods answered; any other known method is 405 with ``Allow``, an unknown one the stdlib's 501.
+ALLOWED_METHODS = "GET, HEAD"
+#: What the ``Server`` header says: no Python or library version for a scanner to match against advisories.
+SERVER_BANNER = "p31"
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    #: The stdlib's own error replies (400, 414, 431, 501) as one plain line, never HTML.
+    error_message_format = "%(code)d %(message)s\n"
+    error_content_type = "text/plain; charset=utf-8"
 
-    def do_GET(self) -> None:
+    def version_string(self) -> str:
+        return SERVER_BANNER
+
+    def _route(self) -> tuple[int, str, bytes]:
+        """Status, content type and body for the request's path; the query string is ignored."""
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
             encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-            self._send(200, content_type, encoder(self.server.routes.registry))
-        elif path == "/healthz":
+            return 200, content_type, encoder(self.server.routes.registry)
+        if path == "/healthz":
             healthy, body = self.server.routes.health.snapshot()
-            self._send(200 if healthy else 503, "application/json", json.dumps(body).encode())
-        else:
-            self._send(404, "text/plain; charset=utf-8", b"not found\n")
+            return 200 if healthy else 503, "application/json", json.dumps(body).encode()
+        return 404, "text/plain; charset=utf-8", b"not found\n"
 
-    def _send(self, status: int, content_type: str, body: bytes) -> None:
+    def do_GET(self) -> None:
+        self._send(*self._route())
+
+    def do_HEAD(self) -> None:
+        status, content_type, body = self._route()
+        self._send(status, content_type, body, head=True)
+
+    def _not_allowed(self) -> None:
+        """405 for a method that would change something: nothing here can be changed over HTTP. The connection is
+        closed, since any request body was not read."""
+        self.close_connection = True
+        self.send_response(405)
+        self.send_header("Allow", ALLOWED_METHODS)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(b"method not allowed\n")))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(b"method not allowed\n")
+
+    # the stdlib dispatches on these names
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed  # noqa: N815
+
+    def _send(self, status: int, content_type: str, body: bytes, *, head: bool = False) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        if not head:
+            self.wfile.write(body)
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http %s " + format, self.client_address[0], *args)
@@ -93,6 +129,12 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     routes: _Routes
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that resets or vanishes mid-request: one debug line through logging. The stdlib default prints
+        a traceback straight to stderr, which breaks ``--log-format json`` (one JSON object per line)."""
+        exc = sys.exc_info()[1]
+        log.debug("http client %s: %s: %s", client_address[0], type(exc).__name__, exc)
 
 
 class _Server6(_Server):

@@ -26,6 +26,7 @@ from redis import ConnectionPool, RedisError
 from redis.connection import parse_url as _parse_url
 
 from microservices.core.numbers import parse_float, parse_int
+from microservices.core.secrets import Redactor, secret_values
 
 EX_CONFIG = 78
 
@@ -141,7 +142,9 @@ def redis_url(value: str | None) -> str | None:
         pool.make_connection()
         pool.disconnect()
     except (ValueError, TypeError, RedisError) as exc:
-        return f"not a usable Redis URL ({type(exc).__name__}: {exc})"
+        # the parser's message may quote a piece of a password with an unencoded / ? or #
+        detail = Redactor(secret_values({"REDIS_URL": value}))(str(exc))
+        return f"not a usable Redis URL ({type(exc).__name__}: {detail}; percent-encode / ? # @ : in a password)"
     if value.startswith("unix://"):
         return None if options.get("path") else "unix:// needs a socket path"
     return None if options.get("host") else "needs a host name"

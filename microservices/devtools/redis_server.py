@@ -13,8 +13,11 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any, Literal
+from urllib.parse import urlencode
 
 import redis
 
@@ -47,12 +50,50 @@ def free_port(below: int = 65536) -> int:
     raise RuntimeError(f"no free port below {below}")
 
 
-class RedisServer:
-    """``with RedisServer() as server: server.url ...`` — a private redis-server for the duration."""
+@dataclass(frozen=True)
+class TlsFiles:
+    """The certificates of a server that speaks only TLS: its own, the CA it trusts for client certificates (and
+    that clients trust for it), and whether clients must show one. ``client_cert``/``client_key`` are what
+    :meth:`RedisServer.client`, its :attr:`~RedisServer.url` and the readiness probe present, if given."""
 
-    def __init__(self, extra_args: Sequence[str] = (), port: int | None = None, *, cluster: bool = False) -> None:
+    cert: Path
+    key: Path
+    ca: Path
+    auth_clients: Literal["no", "optional", "yes"] = "no"
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+    def server_args(self, port: int) -> list[str]:
+        return [
+            "--port", "0", "--tls-port", str(port), "--tls-cert-file", str(self.cert), "--tls-key-file", str(self.key),
+            "--tls-ca-cert-file", str(self.ca), "--tls-auth-clients", self.auth_clients,
+        ]  # fmt: skip
+
+    def client_options(self) -> dict[str, Any]:
+        """redis-py's connection options; the same names are its ``rediss://`` URL query parameters."""
+        options: dict[str, Any] = {"ssl_ca_certs": str(self.ca), "ssl_cert_reqs": "required"}
+        if self.client_cert is not None and self.client_key is not None:
+            options.update(ssl_certfile=str(self.client_cert), ssl_keyfile=str(self.client_key))
+        return options
+
+
+class RedisServer:
+    """``with RedisServer() as server: server.url ...`` — a private redis-server for the duration.
+
+    With ``tls``, it listens for TLS only (``--port 0 --tls-port``), and :attr:`url`, :meth:`client` and the
+    readiness probe use TLS."""
+
+    def __init__(
+        self,
+        extra_args: Sequence[str] = (),
+        port: int | None = None,
+        *,
+        cluster: bool = False,
+        tls: TlsFiles | None = None,
+    ) -> None:
         self.binary = find_redis_server()
         self.cluster = cluster
+        self.tls = tls
         self.extra_args = list(extra_args)
         if cluster:
             self.extra_args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
@@ -62,14 +103,21 @@ class RedisServer:
 
     @property
     def url(self) -> str:
+        if self.tls is not None:
+            return f"rediss://127.0.0.1:{self.port}/0?{urlencode(self.tls.client_options())}"
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def _connection_options(self) -> dict[str, Any]:
+        return {} if self.tls is None else {"ssl": True, **self.tls.client_options()}
+
     def client(self, **kwargs: object) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, protocol=2, **kwargs)  # type: ignore[arg-type]
+        options = {**self._connection_options(), **kwargs}
+        return redis.Redis(host="127.0.0.1", port=self.port, protocol=2, **options)
 
     def start(self, timeout: float = 10.0) -> RedisServer:
+        listen = ["--port", str(self.port)] if self.tls is None else self.tls.server_args(self.port)
         args = [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            self.binary, *listen, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
             "--dir", str(self._dir), "--logfile", str(self._dir / "redis.log"), *self.extra_args,
         ]  # fmt: skip
         with (self._dir / "stdout.log").open("wb") as output:  # where it complains before its log file is open
@@ -82,7 +130,9 @@ class RedisServer:
 
     def _wait_until_up(self, deadline: float, timeout: float) -> RedisServer:
         assert self._process is not None
-        probe = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1, socket_connect_timeout=1)
+        probe = redis.Redis(
+            host="127.0.0.1", port=self.port, socket_timeout=1, socket_connect_timeout=1, **self._connection_options()
+        )
         try:
             while True:
                 if self._process.poll() is not None:

@@ -69,6 +69,18 @@ def test_secrets_never_appear() -> None:
     assert "hunter2" not in repr(settings.as_environment())
 
 
+@pytest.mark.parametrize("password", ["S3cr3t?p4ss", "S3cr3t/p4ss", "S3cr3t#p4ss"])
+def test_a_url_whose_password_breaks_the_parser_is_refused_without_quoting_it(password: str) -> None:
+    """redis-py's parser quotes what it took for the port: with an unencoded ? / or # in the password, that is a
+    piece of the password. The refusal (which p31ctl check-config prints as it is) must not show it."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings(ProposerSettings, {"REDIS_URL": f"redis://:{password}@127.0.0.1:6379/0"})
+    message = str(caught.value)
+    assert message.startswith("invalid configuration: REDIS_URL=<redacted>: ")
+    for piece in (password, *password.replace("?", "/").replace("#", "/").split("/")):
+        assert piece not in message, message
+
+
 def test_empty_optional_strings_mean_unset() -> None:
     settings = load_settings(ProposerSettings, {"REDIS_URL": "", "REDIS_PASSWORD": ""})
     assert (settings.redis_url, settings.redis_password) == (None, None)
