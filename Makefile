@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test lint unit bench bench-governor clean
+.PHONY: demo test lint unit bench bench-governor soak clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ bench: $(INSTALLED)
 
 bench-governor: $(INSTALLED)
 	$(BIN)/python scripts/bench_governor.py
+
+soak: $(INSTALLED)
+	$(BIN)/python scripts/soak.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
