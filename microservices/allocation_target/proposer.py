@@ -82,6 +82,13 @@ def _batches(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
         yield items[start : start + size]
 
 
+def discover_symbols(client: RedisClient) -> list[str]:
+    """Every symbol with a live target hash, sorted; ``SCAN`` (never ``KEYS``) of hashes only: SPEC §2's symbols are
+    the hashes, so a key of another type under the live prefix is not a symbol. ``p31ctl status`` lists these too."""
+    keys = client.scan_iter(match=LIVE_KEY + b"*", count=SCAN_COUNT, _type="hash")
+    return sorted(symbols_from_live_keys(keys))
+
+
 class Proposer:
     """Runs proposer loops against one Redis client; all decisions are delegated to :func:`decide`."""
 
@@ -103,10 +110,7 @@ class Proposer:
         self._throttle = LogThrottle(PROBLEM_LOG_EVERY_SEC)
 
     def discover(self) -> list[str]:
-        """Every symbol with a live target hash, sorted; ``SCAN`` (never ``KEYS``) of hashes only: SPEC §2's symbols
-        are the hashes, so a key of another type under the live prefix is not a symbol."""
-        keys = self._client.scan_iter(match=LIVE_KEY + b"*", count=SCAN_COUNT, _type="hash")
-        return sorted(symbols_from_live_keys(keys))
+        return discover_symbols(self._client)
 
     def read_and_decide(self, symbols: Sequence[str], now: float) -> list[Proposal | Skip]:
         """One pipelined round trip for the batch's live targets and efficiency hashes, then the pure decisions.

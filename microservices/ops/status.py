@@ -1,9 +1,10 @@
 """``p31ctl status``: per symbol, what the proposer would propose now, next to what it last proposed.
 
-Symbols are found by the proposer's own discovery (``SCAN`` of live target hashes). The reads are pipelined per batch
-(live target, efficiency fields and last shadow proposal of each symbol in one round trip, plus the shared ``EXISTS``
-round trip for efficiency hashes holding none of the fields), and the numbers come from the proposer's own code: the
-shared classification (:func:`~microservices.core.efficiency_reads.efficiency_readings`) and
+Symbols are found by the proposer's own discovery
+(:func:`~microservices.allocation_target.proposer.discover_symbols`). The reads are pipelined per batch (live target,
+efficiency fields and last shadow proposal of each symbol in one round trip, plus the shared ``EXISTS`` round trip for
+efficiency hashes holding none of the fields), and the numbers come from the proposer's own code: the shared
+classification (:func:`~microservices.core.efficiency_reads.efficiency_readings`) and
 :func:`~microservices.allocation_target.proposal.decide` with its multiplier.
 """
 
@@ -14,9 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry
-
-from microservices.allocation_target.metrics import ProposerMetrics
 from microservices.allocation_target.proposal import (
     LAST_UPDATE_FIELD,
     LIVE_TARGET_PREFIX,
@@ -28,7 +26,7 @@ from microservices.allocation_target.proposal import (
     decide,
     encode,
 )
-from microservices.allocation_target.proposer import BATCH_SIZE, Proposer
+from microservices.allocation_target.proposer import BATCH_SIZE, discover_symbols
 from microservices.allocation_target.settings import ProposerSettings
 from microservices.core.efficiency import EfficiencyReading
 from microservices.core.efficiency_reads import efficiency_readings, queue_efficiency_read
@@ -40,12 +38,6 @@ if TYPE_CHECKING:
     from microservices.ops.cli import Context
 
 SHADOW_FIELDS = ("proposed_target", LAST_UPDATE_FIELD)
-
-
-def discover_symbols(client: RedisClient, settings: ProposerSettings) -> list[str]:
-    """The proposer's own discovery (``Proposer.discover``), so that status lists exactly the symbols a loop would.
-    The proposer keeps it as a method; its metrics are not touched by it, so a throwaway registry serves."""
-    return Proposer(client, settings, ProposerMetrics(CollectorRegistry(), 1)).discover()
 
 
 @dataclass(frozen=True)
@@ -150,7 +142,7 @@ def run_status(ctx: Context) -> int:
     settings: ProposerSettings = ctx.settings(ProposerSettings)
     client = ctx.connect(settings)
     try:
-        symbols = discover_symbols(client, settings)
+        symbols = discover_symbols(client)
         wanted: list[str] | None = ctx.args.symbol
         missing: list[str] = []
         if wanted:
