@@ -36,6 +36,7 @@ from microservices.governor.batch import PERMIT, BatchIO, Decided, Delivery, Par
 from microservices.governor.decision import Event, Outcome, Reason
 from microservices.governor.metrics import BatchTally, GovernorMetrics
 from microservices.governor.plan import entry_time
+from microservices.governor.records import OutcomeMarker, marker_key
 from microservices.governor.settings import GovernorSettings
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,11 @@ class Governor:
         self._group_ready = False
         #: Where the pass over this consumer's own pending plans stands; None when no pass is due.
         self._pending_cursor: str | None = FIRST_ID
+        #: Whether a pass delivers the plans again (the pass on start) or only reads them (a pass after a failure in
+        #: this process): see :meth:`_next_pending`.
+        self._redeliver_pending = True
+        #: A batch whose EXEC was sent and whose reply never came: see :meth:`_count_unconfirmed_write`.
+        self._unconfirmed: list[Decided] = []
         self._pending_left_behind = False
         self._claim_cursor = "0-0"
         self._next_claim = 0.0
@@ -116,6 +122,7 @@ class Governor:
         del stop  # one batch per call: the runner checks for shutdown between calls
         try:
             self._ensure_group()
+            self._count_unconfirmed_write()
             deliveries = self._next_pending() or self._next_claimed()
             if not deliveries:
                 deliveries = self._read_new(self._settings.read_block_ms)
@@ -133,6 +140,7 @@ class Governor:
         total = 0
         try:
             self._ensure_group()
+            self._count_unconfirmed_write()
             while not stop.is_set() and (deliveries := self._next_pending()):
                 self._process(deliveries)
                 total += len(deliveries)
@@ -156,7 +164,10 @@ class Governor:
             raise
 
     def _after_failure(self, exc: BaseException) -> None:
-        """Whatever the batch in hand was, its plans are pending: read them again, from the start of the list."""
+        """Whatever the batch in hand was, its plans are pending: read them again, from the start of the list. Once
+        the pass on start has delivered them again, later passes only read them (:meth:`_next_pending`)."""
+        if self._pending_cursor != FIRST_ID:
+            self._redeliver_pending = False
         self._pending_cursor = FIRST_ID
         if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
             log.warning(
@@ -180,18 +191,23 @@ class Governor:
 
     def _next_pending(self) -> list[Delivery]:
         """The next batch of this consumer's own pending plans, while a pass over them is due (on start, and after
-        any failure). Each is re-delivered, so Redis counts the delivery."""
+        any failure).
+
+        The pass on start delivers them again (XREADGROUP from their ids), so Redis counts the delivery: a plan that
+        kills the governor each time it is decided reaches ``GOV_MAX_DELIVERIES`` and becomes a dead letter. A pass
+        after a failure in this process only reads them (XPENDING, XRANGE) and counts nothing: a write that Redis
+        refused (out of memory, a read-only replica, a timeout) is no fault of the plans, and counting each retry
+        dead-lettered every plan in hand within seconds of such a fault instead of deciding it when Redis recovered.
+        """
         if self._pending_cursor is None:
             return []
         cursor = self._pending_cursor
-        pipe = self._client.pipeline(transaction=False)
-        pipe.xreadgroup(self._group, self._consumer, {self._stream: cursor}, count=self._batch)
-        start = "-" if cursor == FIRST_ID else "(" + cursor
-        pipe.xpending_range(self._stream, self._group, start, "+", self._batch, consumername=self._consumer)
-        read, pending = pipe.execute()
-        counts = {_text(p["message_id"]): int(p["times_delivered"]) for p in pending}
-        deliveries = _deliveries(read[0][1] if read else [], counts)
+        if self._redeliver_pending:
+            deliveries = self._redeliver_own_pending(cursor)
+        else:
+            deliveries = self._reread_own_pending(cursor)
         if not deliveries:
+            self._redeliver_pending = False
             if self._pending_left_behind:  # some plans of the pass could not be written: another pass
                 self._pending_left_behind = False
                 self._pending_cursor = FIRST_ID
@@ -200,8 +216,46 @@ class Governor:
             return []
         self._pending_cursor = deliveries[-1].entry_id
         if cursor == FIRST_ID:
-            log.info("re-reading pending plans of consumer %s (from %s)", self._consumer, deliveries[0].entry_id)
+            if self._redeliver_pending:
+                log.info("re-reading pending plans of consumer %s (from %s)", self._consumer, deliveries[0].entry_id)
+            else:  # after a failure, which the runner logs once per outage: nothing more to say at each retry
+                log.debug("retrying pending plans of consumer %s (from %s)", self._consumer, deliveries[0].entry_id)
         return deliveries
+
+    def _redeliver_own_pending(self, cursor: str) -> list[Delivery]:
+        """A batch of this consumer's pending plans after ``cursor``, delivered again: Redis counts the delivery."""
+        pipe = self._client.pipeline(transaction=False)
+        pipe.xreadgroup(self._group, self._consumer, {self._stream: cursor}, count=self._batch)
+        start = self._after(cursor)
+        pipe.xpending_range(self._stream, self._group, start, "+", self._batch, consumername=self._consumer)
+        read, pending = pipe.execute()
+        counts = {_text(p["message_id"]): int(p["times_delivered"]) for p in pending}
+        return _deliveries(read[0][1] if read else [], counts)
+
+    def _reread_own_pending(self, cursor: str) -> list[Delivery]:
+        """A batch of this consumer's pending plans after ``cursor``, read without delivering them again: their ids and
+        delivery counts from XPENDING, their fields with one XRANGE each (none for an entry deleted from the stream
+        while pending, as XREADGROUP reports it)."""
+        pending = cast(
+            list[dict[str, Any]],
+            self._client.xpending_range(
+                self._stream, self._group, self._after(cursor), "+", self._batch, consumername=self._consumer
+            ),
+        )
+        if not pending:
+            return []
+        pipe = self._client.pipeline(transaction=False)
+        for row in pending:
+            pipe.xrange(self._stream, row["message_id"], row["message_id"])
+        return [
+            Delivery(_text(row["message_id"]), found[0][1] if found else {}, int(row["times_delivered"]))
+            for row, found in zip(pending, pipe.execute(), strict=True)
+        ]
+
+    @staticmethod
+    def _after(cursor: str) -> str:
+        """The XPENDING range start of the entries after ``cursor``."""
+        return "-" if cursor == FIRST_ID else "(" + cursor
 
     def _next_claimed(self) -> list[Delivery]:
         """Every few seconds, a batch of plans idle longer than ``GOV_CLAIM_IDLE_MS`` in other consumers."""
@@ -317,9 +371,44 @@ class Governor:
                 ]
             if decided:
                 pipe.xack(self._stream, self._group, *[d.delivery.entry_id for d in decided])
-            self._report_failed_writes(kinds, pipe.execute(raise_on_error=False))
+            self._unconfirmed = list(decided)  # until EXEC's reply says whether it ran
+            try:
+                replies = pipe.execute(raise_on_error=False)
+            except ResponseError:  # EXECABORT (OOM, READONLY, ...): refused as a whole, nothing written
+                self._unconfirmed = []
+                raise
+            except WatchError as exc:
+                if str(exc) == WATCH_CONFLICT:  # nothing written; any other WatchError is a connection lost
+                    self._unconfirmed = []
+                raise
+            self._unconfirmed = []
+            self._report_failed_writes(kinds, replies)
             return list(decided)
         return self._write_in_cluster(decided, now)
+
+    def _count_unconfirmed_write(self) -> None:
+        """Count the outcomes of a batch whose EXEC was sent but whose reply never came (the connection died or timed
+        out; Redis stopped right after running it), if the EXEC ran: it acknowledged the batch's entries, so they
+        never come back to be counted when re-read. Whether it ran shows in the batch's outcome markers, written all
+        or none: this consumer's, for these very entries. If it did not run, the entries are still pending, and are
+        decided and counted when re-read. (A batch that only acknowledged entries writes no marker: it is not
+        counted, which leaves ``quantum_govern_already_decided_total`` short.)"""
+        batch = self._unconfirmed
+        if not batch:
+            return
+        marked = [item for item in batch if item.writes_marker]
+        pipe = self._client.pipeline(transaction=False)
+        for item in marked:
+            pipe.get(marker_key(item.plan))
+        markers = [OutcomeMarker.parse(raw) for raw in pipe.execute()] if marked else []
+        self._unconfirmed = []
+        ran = any(
+            marker is not None and (marker.entry_id, marker.consumer) == (item.delivery.entry_id, self._consumer)
+            for item, marker in zip(marked, markers, strict=True)
+        )
+        if ran:
+            log.info("the unconfirmed write of a batch of %d plans happened: its outcomes are counted now", len(batch))
+            self._account(batch, self._clock())
 
     def _write_in_cluster(self, decided: Sequence[Decided], now: float) -> list[Decided]:
         failed: set[int] = set()
