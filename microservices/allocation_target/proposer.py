@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
+from redis.exceptions import RedisError
 from redis.typing import EncodableT
 
 from microservices.allocation_target.metrics import ProposerMetrics
@@ -89,6 +90,18 @@ def discover_symbols(client: RedisClient) -> list[str]:
     return sorted(symbols_from_live_keys(keys))
 
 
+class WritesRefusedError(RedisError):
+    """Redis refused every write of a batch for a reason of its own (OOM, READONLY, NOPERM...), not because of one
+    key: the loop has made no progress, so the loop runner counts it as failed and retries it with backoff."""
+
+
+def _refused_by_the_server(replies: Sequence[object]) -> Exception | None:
+    """The first refusal, when every reply is one and not all are a key of the wrong type (which fails alone)."""
+    if not replies or not all(isinstance(reply, Exception) for reply in replies):
+        return None
+    return next((r for r in replies if isinstance(r, Exception) and "WRONGTYPE" not in str(r)), None)
+
+
 class Proposer:
     """Runs proposer loops against one Redis client; all decisions are delegated to :func:`decide`."""
 
@@ -156,9 +169,13 @@ class Proposer:
             args += (LAST_UPDATE_FIELD, entry["ts_epoch"])
             # execute_command: redis-py's cluster pipeline has no eval(), but routes an EVAL by its key
             hashes.execute_command("EVAL", WRITE_SHADOW_HASH, 1, PROPOSED_KEY + raw, *args)
+        replies = hashes.execute(raise_on_error=False)
+        refusal = _refused_by_the_server(replies)
+        if refusal is not None:
+            raise WritesRefusedError(f"Redis refused all {len(replies)} shadow writes of a batch: {refusal}")
         failed: dict[str, Skip] = {}
         stream_entries = self._client.pipeline(transaction=False)
-        for proposal, entry, reply in zip(proposals, entries, hashes.execute(raise_on_error=False), strict=True):
+        for proposal, entry, reply in zip(proposals, entries, replies, strict=True):
             if isinstance(reply, Exception):
                 detail = f"writing the shadow hash failed: {reply}"
                 failed[proposal.symbol] = Skip(proposal.symbol, SkipReason.REDIS_ERROR, detail)
