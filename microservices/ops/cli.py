@@ -12,6 +12,7 @@ Exit status (sysexits): 0 success, 64 usage error, 69 Redis unreachable, 78 bad 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -105,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         "reading, the multiplier and target the proposer would propose now, and its last shadow proposal.",
     )
     status.add_argument("--symbol", action="append", metavar="SYMBOL", help="only this symbol (repeatable)")
-    status.set_defaults(handler=_run_status)
+    status.set_defaults(handler="microservices.ops.status:run_status")
 
     explain = sub.add_parser(
         "explain",
@@ -120,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="the governor's env file for its thresholds (default: --env-file); the environment wins",
     )
-    explain.set_defaults(handler=_run_explain)
+    explain.set_defaults(handler="microservices.ops.explain:run_explain")
 
     report = sub.add_parser(
         "report",
@@ -131,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--since", default="1h", metavar="DURATION", help="window: 30m, 1h, 2d, 90s or plain seconds (default 1h)"
     )
-    report.set_defaults(handler=_run_report)
+    report.set_defaults(handler="microservices.ops.report:run_report")
 
     check = sub.add_parser(
         "check-config",
@@ -143,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", metavar="FILE")
     check.add_argument("--daemon", choices=DAEMON_NAMES, help="which daemon reads FILE (default: inferred)")
     check.add_argument("--strict", action="store_true", help="variables the daemon does not read fail (exit 78)")
-    check.set_defaults(handler=_run_check_config)
+    check.set_defaults(handler="microservices.ops.check_config:run_check_config")
 
     inject_eff = sub.add_parser(
         "inject-efficiency",
@@ -158,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     inject_eff.add_argument("--ts", metavar="T", help="ts field (default: now)")
     inject_eff.add_argument("--ttl", type=int, metavar="N", help="TTL of the keys written, seconds (default 3600)")
     inject_eff.add_argument("--target-usd", metavar="X", help="also write quantum:allocation:target:SYMBOL")
-    inject_eff.set_defaults(handler=_run_inject_efficiency)
+    inject_eff.set_defaults(handler="microservices.ops.inject_commands:run_inject_efficiency")
 
     inject_plan = sub.add_parser(
         "inject-plan",
@@ -179,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--field", action="append", default=[], metavar="NAME=VALUE", help="any other field (repeatable)"
     )
     inject_plan.add_argument("--stream", metavar="NAME", help="stream to append to (default: STREAM_PLANS)")
-    inject_plan.set_defaults(handler=_run_inject_plan)
+    inject_plan.set_defaults(handler="microservices.ops.inject_commands:run_inject_plan")
 
     template = sub.add_parser(
         "env-template",
@@ -189,53 +190,19 @@ def build_parser() -> argparse.ArgumentParser:
         "deploy/allocation-target.env and deployment/config/governor.env are exactly this output.",
     )
     template.add_argument("daemon", choices=DAEMON_NAMES)
-    template.set_defaults(handler=_run_env_template)
+    template.set_defaults(handler="microservices.ops.env_template:run_env_template")
     return parser
 
 
 # --- subcommands ---------------------------------------------------------------------------------------------------
 
 
-def _run_status(ctx: Context) -> int:
-    from microservices.ops.status import run_status
-
-    return run_status(ctx)
-
-
-def _run_explain(ctx: Context) -> int:
-    from microservices.ops.explain import run_explain
-
-    return run_explain(ctx)
-
-
-def _run_report(ctx: Context) -> int:
-    from microservices.ops.report import run_report
-
-    return run_report(ctx)
-
-
-def _run_check_config(ctx: Context) -> int:
-    from microservices.ops.check_config import run_check_config
-
-    return run_check_config(ctx)
-
-
-def _run_inject_efficiency(ctx: Context) -> int:
-    from microservices.ops.inject_commands import run_inject_efficiency
-
-    return run_inject_efficiency(ctx)
-
-
-def _run_inject_plan(ctx: Context) -> int:
-    from microservices.ops.inject_commands import run_inject_plan
-
-    return run_inject_plan(ctx)
-
-
-def _run_env_template(ctx: Context) -> int:
-    from microservices.ops.env_template import run_env_template
-
-    return run_env_template(ctx)
+def resolve_handler(target: str) -> Handler:
+    """The function a ``"module:function"`` handler names, imported only now: a run loads only its own
+    subcommand's dependencies (the daemons' modules, prometheus_client), and ``--help`` none of them."""
+    module_name, _, function = target.partition(":")
+    handler: Handler = getattr(importlib.import_module(module_name), function)
+    return handler
 
 
 # --- entry point ---------------------------------------------------------------------------------------------------
@@ -251,7 +218,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
         out=out or sys.stdout,
         err=err or sys.stderr,
     )
-    handler: Handler = ns.handler
+    handler = resolve_handler(ns.handler)
     try:
         return handler(ctx)
     except UsageError as exc:
@@ -275,4 +242,8 @@ def _where(ctx: Context) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as ``python -m``, this file is ``__main__``, a second copy of the module: the subcommands raise
+    # ``microservices.ops.cli.UsageError``, which that copy's ``except UsageError`` would not catch.
+    from microservices.ops.cli import main as _main
+
+    sys.exit(_main())
