@@ -1,10 +1,11 @@
 # shellcheck shell=bash
-# What the two P3.1 proof scripts share; sourced, never run. It sets up the run (its id, its directory, its ledger and
-# results file), spawns and stops a daemon, and on exit (trap EXIT) stops the daemon, cleans up whatever the run wrote
-# and removes the run's directory, whatever happened before.
+# What the two P3.1 proof scripts share; sourced, never run. It parses their common options, sets up the run (its id,
+# its directory, its ledger and results file), spawns and stops a daemon, and on exit (trap EXIT) stops the daemon,
+# cleans up whatever the run wrote and removes the run's directory, whatever happened before.
 #
-# The including script sets TITLE and SPAWN (0 or 1), defines CLEANUP_ARGS (an array, possibly empty) and calls
-# `proof_traps`.
+# The including script sources it first and calls `parse_options` with its own arguments; then it sets TITLE, defines
+# CLEANUP_ARGS (an array, possibly empty) and calls `start_run`. Nothing is created before `start_run`, so that
+# `--help` or a usage error leaves nothing behind.
 
 PROOF_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_DIR="$(dirname "$PROOF_DIR")"
@@ -14,13 +15,6 @@ export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379/0}"
 # The helpers and a spawned daemon import the checkout's code, installed or not.
 export PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}"
 
-# Part of every symbol and plan_id of the run, so that two runs (or a run and a leftover) never share a key.
-RUN_ID="$(od -An -N4 -tx1 /dev/urandom | tr -d ' \n')"
-RUN_DIR="$(mktemp -d "${TMPDIR:-/tmp}/p31-proof.XXXXXX")"
-STATE="$RUN_DIR/state.json"
-RESULTS="$RUN_DIR/results.txt"
-DAEMON_LOG="$RUN_DIR/daemon.log"
-: >"$RESULTS"
 SPAWN_PORT=""
 DAEMON_PID=""
 DAEMON_URL=""
@@ -89,6 +83,28 @@ record_daemon_stop() {
   fi
 }
 
+# run_checks SCRIPT CASE ARG...: the step's check helper with the run's ledger and results file; exit status 0 or 1 is
+# its verdict (its PASS/FAIL lines are in the results), any other is a FAIL CASE of its own.
+run_checks() {
+  local script="$1" case="$2" status=0
+  shift 2
+  helper "$script" --state "$STATE" --results "$RESULTS" "$@" || status=$?
+  if [ "$status" -gt 1 ]; then
+    record "FAIL $case: expected the check to finish (exit status 0 or 1) got exit status $status"
+  fi
+}
+
+# end_run SIGTERM_CASE: stop the spawned daemon (recorded as SIGTERM_CASE), clean up, and print the summary; its exit
+# status is the proof's verdict.
+end_run() {
+  if [ "$SPAWN" -eq 1 ]; then
+    stop_daemon
+    record_daemon_stop "$1"
+  fi
+  cleanup_run || true
+  finish
+}
+
 cleanup_run() {
   CLEANED=1
   helper proof_p31_run.py cleanup --state "$STATE" --results "$RESULTS" ${CLEANUP_ARGS[@]+"${CLEANUP_ARGS[@]}"}
@@ -114,7 +130,37 @@ on_exit() {
   exit "$status"
 }
 
-proof_traps() {
+# parse_options URL_VAR URL_OPTION DEFAULT_URL ARG...: the options of both proofs, `[--spawn] [URL_OPTION URL]
+# [--timeout SEC] [-h|--help]`. Sets SPAWN (0 or 1), the variable named URL_VAR (DEFAULT_URL unless given) and TIMEOUT
+# (empty unless given: each proof has its own default). --help prints the proof's header comment and exits 0; an
+# unknown argument exits 2.
+parse_options() {
+  local url_var="$1" url_option="$2"
+  printf -v "$url_var" '%s' "$3"
+  shift 3
+  SPAWN=0
+  TIMEOUT=""
+  while [ "$#" -gt 0 ]; do
+    case "$1" in
+      --spawn) SPAWN=1 ;;
+      "$url_option") printf -v "$url_var" '%s' "${2:?$url_option needs a URL}"; shift ;;
+      --timeout) TIMEOUT="${2:?--timeout needs seconds}"; shift ;;
+      -h | --help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[-1]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+      *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+  done
+}
+
+# start_run: the run's id, directory, ledger and results file, and the traps that clean up after it.
+start_run() {
+  # Part of every symbol and plan_id of the run, so that two runs (or a run and a leftover) never share a key.
+  RUN_ID="$(od -An -N4 -tx1 /dev/urandom | tr -d ' \n')"
+  RUN_DIR="$(mktemp -d "${TMPDIR:-/tmp}/p31-proof.XXXXXX")"
+  STATE="$RUN_DIR/state.json"
+  RESULTS="$RUN_DIR/results.txt"
+  DAEMON_LOG="$RUN_DIR/daemon.log"
+  : >"$RESULTS"
   trap on_exit EXIT
   trap 'exit 130' INT
   trap 'exit 143' TERM

@@ -10,6 +10,7 @@ write in response is derived from the run's own symbols, plan_ids and stream ent
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -242,6 +243,27 @@ def _show(values: Mapping[str, object]) -> str:
     return ", ".join(f"{name}={value!r}" for name, value in values.items()) or "{}"
 
 
+#: A step's checks: the run's ledger, the daemon's base URL, the longest wait for its work, and where to report.
+Checks = Callable[[RunState, str, float, Reporter], None]
+
+
+def check_main(
+    argv: list[str] | None, *, doc: str | None, checks: Checks, url_option: str, default_url: str, timeout: float,
+    timeout_help: str,
+) -> int:  # fmt: skip
+    """The command line of a step's check script (``--state``, ``--results``, the daemon's URL, ``--timeout``): run
+    ``checks``; exit status 0 when every case passed, 1 otherwise."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--state", required=True, help="the run's ledger")
+    parser.add_argument("--results", help="append the PASS/FAIL lines here too")
+    parser.add_argument(url_option, dest="url", default=default_url)
+    parser.add_argument("--timeout", type=float, default=timeout, help=timeout_help)
+    args = parser.parse_args(argv)
+    reporter = Reporter(Path(args.results) if args.results else None)
+    checks(RunState.load(Path(args.state)), args.url, args.timeout, reporter)
+    return 0 if reporter.failures == 0 else 1
+
+
 # --- /metrics and /healthz -----------------------------------------------------------------------------------------
 
 Series = tuple[str, frozenset[tuple[str, str]]]
@@ -283,6 +305,15 @@ def healthz(base_url: str) -> tuple[int, dict[str, Any] | None, str]:
     except ValueError:
         return status, None, body
     return status, (parsed if isinstance(parsed, dict) else None), body
+
+
+def check_healthz(reporter: Reporter, case: str, base_url: str) -> None:
+    """The case that the daemon's /healthz answers 200 with a JSON object whose status is ok."""
+    status, body, raw = healthz(base_url)
+    reporter.check(
+        case, status == 200 and body is not None and body.get("status") == "ok",
+        "200 with a JSON object, status ok", f"{status} {raw[:200]!r}",
+    )  # fmt: skip
 
 
 def four(value: float | None) -> str:

@@ -38,28 +38,16 @@
 # --spawn, after waiting for the service's loops to pass the deleted symbols by) and checks that nothing is left.
 set -euo pipefail
 
-SPAWN=0
-PROPOSER_URL="http://127.0.0.1:8065"
-TIMEOUT=""
-while [ "$#" -gt 0 ]; do
-  case "$1" in
-    --spawn) SPAWN=1 ;;
-    --proposer-url) PROPOSER_URL="${2:?--proposer-url needs a URL}"; shift ;;
-    --timeout) TIMEOUT="${2:?--timeout needs seconds}"; shift ;;
-    -h | --help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
-  esac
-  shift
-done
+# shellcheck source=scripts/proof_p31_common.sh
+. "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/proof_p31_common.sh"
+parse_options PROPOSER_URL --proposer-url "http://127.0.0.1:8065" "$@"
 if [ -z "$TIMEOUT" ]; then
   if [ "$SPAWN" -eq 1 ]; then TIMEOUT=15; else TIMEOUT=25; fi
 fi
 
 TITLE="P3.1 step 1 (allocation-target shadow proposer)"
-# shellcheck source=scripts/proof_p31_common.sh
-. "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/proof_p31_common.sh"
 CLEANUP_ARGS=()
-proof_traps
+start_run
 
 if [ "$SPAWN" -eq 1 ]; then MODE="spawned proposer"; else MODE="proposer at $PROPOSER_URL"; fi
 echo "$TITLE: run $RUN_ID, $MODE"
@@ -74,16 +62,5 @@ else
 fi
 
 helper proof_p31_step1_inject_efficiency.py --state "$STATE"
-check_status=0
-helper proof_p31_step1_check.py --state "$STATE" --results "$RESULTS" --proposer-url "$PROPOSER_URL" \
-  --timeout "$TIMEOUT" || check_status=$?
-if [ "$check_status" -gt 1 ]; then
-  record "FAIL step1-check: expected the check to finish (exit status 0 or 1) got exit status $check_status"
-fi
-
-if [ "$SPAWN" -eq 1 ]; then
-  stop_daemon
-  record_daemon_stop proposer-sigterm
-fi
-cleanup_run || true
-finish
+run_checks proof_p31_step1_check.py step1-check --proposer-url "$PROPOSER_URL" --timeout "$TIMEOUT"
+end_run proposer-sigterm

@@ -17,12 +17,10 @@ Exit status 0 when every case passed, 1 otherwise.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from proof_p31_lib import (
@@ -30,10 +28,11 @@ from proof_p31_lib import (
     PROPOSER_LOOPS,
     Reporter,
     RunState,
+    check_healthz,
+    check_main,
     connect_from_env,
     entries_after,
     four,
-    healthz,
     hex_hash,
     scrape,
     series,
@@ -65,11 +64,7 @@ def check(state: RunState, url: str, timeout: float, reporter: Reporter) -> None
     client = connect_from_env()
     settings = load_settings(ProposerSettings, dict(os.environ))
 
-    status, body, raw = healthz(url)
-    reporter.check(
-        "proposer-healthz", status == 200 and body is not None and body.get("status") == "ok",
-        "200 with a JSON object, status ok", f"{status} {raw[:200]!r}",
-    )  # fmt: skip
+    check_healthz(reporter, "proposer-healthz", url)
 
     before = scrape(url)
     start = before.get(series(PROPOSER_LOOPS))
@@ -236,15 +231,15 @@ def _check_metrics(state: RunState, before: dict[Any, float], after: dict[Any, f
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--state", required=True, help="the run's ledger")
-    parser.add_argument("--results", help="append the PASS/FAIL lines here too")
-    parser.add_argument("--proposer-url", default="http://127.0.0.1:8065")
-    parser.add_argument("--timeout", type=float, default=25.0, help="longest wait for two loops, seconds")
-    args = parser.parse_args(argv)
-    reporter = Reporter(Path(args.results) if args.results else None)
-    check(RunState.load(Path(args.state)), args.proposer_url, args.timeout, reporter)
-    return 0 if reporter.failures == 0 else 1
+    return check_main(
+        argv,
+        doc=__doc__,
+        checks=check,
+        url_option="--proposer-url",
+        default_url="http://127.0.0.1:8065",
+        timeout=25.0,
+        timeout_help="longest wait for two loops, seconds",
+    )
 
 
 if __name__ == "__main__":

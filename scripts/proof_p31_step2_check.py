@@ -18,12 +18,10 @@ Exit status 0 when every case passed, 1 otherwise.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from proof_p31_lib import (
@@ -31,10 +29,11 @@ from proof_p31_lib import (
     EVENTS,
     Reporter,
     RunState,
+    check_healthz,
+    check_main,
     connect_from_env,
     entries_after,
     four,
-    healthz,
     scrape,
     series,
     series_key,
@@ -67,11 +66,7 @@ def check(state: RunState, url: str, timeout: float, reporter: Reporter) -> None
     client = connect_from_env()
     settings = load_settings(GovernorSettings, dict(os.environ))
 
-    status, body, raw = healthz(url)
-    reporter.check(
-        "governor-healthz", status == 200 and body is not None and body.get("status") == "ok",
-        "200 with a JSON object, status ok", f"{status} {raw[:200]!r}",
-    )  # fmt: skip
+    check_healthz(reporter, "governor-healthz", url)
 
     wanted = {case["entry_id"] for case in state.cases}
     decided, events = wait_until(lambda: _events(client, state), lambda found: wanted <= set(found), timeout)
@@ -222,15 +217,15 @@ def _check_metrics(state: RunState, url: str, reporter: Reporter) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--state", required=True, help="the run's ledger")
-    parser.add_argument("--results", help="append the PASS/FAIL lines here too")
-    parser.add_argument("--governor-url", default="http://127.0.0.1:8044")
-    parser.add_argument("--timeout", type=float, default=15.0, help="longest wait for the plans' outcomes, seconds")
-    args = parser.parse_args(argv)
-    reporter = Reporter(Path(args.results) if args.results else None)
-    check(RunState.load(Path(args.state)), args.governor_url, args.timeout, reporter)
-    return 0 if reporter.failures == 0 else 1
+    return check_main(
+        argv,
+        doc=__doc__,
+        checks=check,
+        url_option="--governor-url",
+        default_url="http://127.0.0.1:8044",
+        timeout=15.0,
+        timeout_help="longest wait for the plans' outcomes, seconds",
+    )
 
 
 if __name__ == "__main__":

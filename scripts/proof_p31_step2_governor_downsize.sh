@@ -42,26 +42,14 @@
 # and checks that nothing is left.
 set -euo pipefail
 
-SPAWN=0
-GOVERNOR_URL="http://127.0.0.1:8044"
-TIMEOUT=""
-while [ "$#" -gt 0 ]; do
-  case "$1" in
-    --spawn) SPAWN=1 ;;
-    --governor-url) GOVERNOR_URL="${2:?--governor-url needs a URL}"; shift ;;
-    --timeout) TIMEOUT="${2:?--timeout needs seconds}"; shift ;;
-    -h | --help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
-  esac
-  shift
-done
+# shellcheck source=scripts/proof_p31_common.sh
+. "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/proof_p31_common.sh"
+parse_options GOVERNOR_URL --governor-url "http://127.0.0.1:8044" "$@"
 TIMEOUT="${TIMEOUT:-15}"
 
 TITLE="P3.1 step 2 (governor downsize hint)"
-# shellcheck source=scripts/proof_p31_common.sh
-. "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/proof_p31_common.sh"
 CLEANUP_ARGS=()
-proof_traps
+start_run
 
 if [ "$SPAWN" -eq 1 ]; then MODE="spawned governor"; else MODE="governor at $GOVERNOR_URL"; fi
 echo "$TITLE: run $RUN_ID, $MODE"
@@ -75,16 +63,5 @@ else
 fi
 
 helper proof_p31_step2_inject_plan.py --state "$STATE" --governor-url "$GOVERNOR_URL"
-check_status=0
-helper proof_p31_step2_check.py --state "$STATE" --results "$RESULTS" --governor-url "$GOVERNOR_URL" \
-  --timeout "$TIMEOUT" || check_status=$?
-if [ "$check_status" -gt 1 ]; then
-  record "FAIL step2-check: expected the check to finish (exit status 0 or 1) got exit status $check_status"
-fi
-
-if [ "$SPAWN" -eq 1 ]; then
-  stop_daemon
-  record_daemon_stop governor-sigterm
-fi
-cleanup_run || true
-finish
+run_checks proof_p31_step2_check.py step2-check --governor-url "$GOVERNOR_URL" --timeout "$TIMEOUT"
+end_run governor-sigterm
