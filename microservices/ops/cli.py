@@ -158,7 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     inject_eff.add_argument("--confidence", required=True, metavar="C", help="confidence, written as given")
     inject_eff.add_argument("--ts", metavar="T", help="ts field (default: now)")
     inject_eff.add_argument("--ttl", type=int, metavar="N", help="TTL of the keys written, seconds (default 3600)")
-    inject_eff.add_argument("--target-usd", metavar="X", help="also write quantum:allocation:target:SYMBOL")
+    inject_eff.add_argument(
+        "--target-usd", metavar="X", help="also create quantum:allocation:target:SYMBOL (never overwrites one)"
+    )
+    inject_eff.add_argument("--force", action="store_true", help="write for a symbol that is not a test symbol")
     inject_eff.set_defaults(handler="microservices.ops.inject_commands:run_inject_efficiency")
 
     inject_plan = sub.add_parser(
@@ -180,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--field", action="append", default=[], metavar="NAME=VALUE", help="any other field (repeatable)"
     )
     inject_plan.add_argument("--stream", metavar="NAME", help="stream to append to (default: STREAM_PLANS)")
+    inject_plan.add_argument("--force", action="store_true", help="write for a symbol that is not a test symbol")
     inject_plan.set_defaults(handler="microservices.ops.inject_commands:run_inject_plan")
 
     template = sub.add_parser(

@@ -20,6 +20,26 @@ from microservices.core.redis_client import RedisClient
 
 #: What an injected efficiency hash lives for unless told otherwise: long enough for a proof, never forever.
 DEFAULT_INJECT_TTL_SEC = 3600
+#: Symbols that are test data by their name: ``p31ctl inject-*`` writes for no other symbol unless forced, and the
+#: proof scripts name theirs so. No exchange lists them, so a plan for one can never become an order.
+TEST_SYMBOL_PREFIXES = ("P31TEST", "P31PROOF")
+
+#: Writes the live target only where none exists, with its TTL, in one step: a test never overwrites (or sets an
+#: expiry on) a real allocation target.
+_CREATE_LIVE_TARGET = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+
+class LiveTargetExistsError(RuntimeError):
+    """A live allocation target already exists for the symbol: it belongs to the allocator, not to a test."""
+
+
+def is_test_symbol(symbol: str) -> bool:
+    return symbol.startswith(TEST_SYMBOL_PREFIXES)
 
 
 def live_target_key(symbol: str) -> str:
@@ -60,13 +80,16 @@ def inject_efficiency(
 def inject_live_target(
     client: RedisClient, symbol: str, target_usd: str, *, ttl_sec: int = DEFAULT_INJECT_TTL_SEC
 ) -> str:
-    """Write a live allocation target for a *test* symbol (the proposer never writes one; only tests and proofs
-    do, and only for their own symbols). Returns the key."""
+    """Create a live allocation target for a *test* symbol (the proposer never writes one; only tests and proofs do,
+    and only for their own symbols). Returns the key; raises :class:`LiveTargetExistsError`, writing nothing, when the
+    symbol already has one."""
     key = live_target_key(symbol)
-    pipe = client.pipeline(transaction=not _is_cluster(client))
-    pipe.hset(key, mapping={TARGET_FIELD: target_usd})
-    pipe.expire(key, ttl_sec)
-    pipe.execute()
+    # execute_command (untyped upstream): redis-py's cluster client has no eval(), but routes an EVAL by its key
+    created = client.execute_command(  # type: ignore[no-untyped-call]
+        "EVAL", _CREATE_LIVE_TARGET, 1, key, TARGET_FIELD, target_usd, ttl_sec
+    )
+    if not created:
+        raise LiveTargetExistsError(f"{key} exists: a live target is never overwritten by test data")
     return key
 
 

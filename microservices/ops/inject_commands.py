@@ -8,20 +8,34 @@ from microservices.core.settings import CommonSettings
 from microservices.governor.settings import GovernorSettings
 from microservices.ops.inject import (
     DEFAULT_INJECT_TTL_SEC,
+    TEST_SYMBOL_PREFIXES,
+    LiveTargetExistsError,
     PlanSpec,
     inject_efficiency,
     inject_live_target,
     inject_plan,
+    is_test_symbol,
 )
 
 if TYPE_CHECKING:
     from microservices.ops.cli import Context
 
 
+def _only_test_symbols(symbol: str, force: bool) -> None:
+    """The injectors write what upstream services write: for a real symbol that is a corrupted efficiency score or a
+    plan the apply layer would execute. Test symbols only, unless the operator insists."""
+    from microservices.ops.cli import UsageError
+
+    if not force and not is_test_symbol(symbol):
+        prefixes = " or ".join(TEST_SYMBOL_PREFIXES)
+        raise UsageError(f"{symbol!r} is not a test symbol (a name starting with {prefixes}); --force writes it anyway")
+
+
 def run_inject_efficiency(ctx: Context) -> int:
     from microservices.ops.cli import UsageError
 
     args = ctx.args
+    _only_test_symbols(args.symbol, args.force)
     ttl = DEFAULT_INJECT_TTL_SEC if args.ttl is None else args.ttl
     if ttl <= 0:
         raise UsageError("--ttl must be a positive number of seconds")
@@ -35,6 +49,8 @@ def run_inject_efficiency(ctx: Context) -> int:
         }
         if args.target_usd is not None:
             written["live_target_key"] = inject_live_target(client, args.symbol, args.target_usd, ttl_sec=ttl)
+    except LiveTargetExistsError as exc:
+        raise UsageError(str(exc)) from exc
     finally:
         client.close()
     if ctx.json:
@@ -49,6 +65,7 @@ def run_inject_plan(ctx: Context) -> int:
     from microservices.ops.cli import UsageError
 
     args = ctx.args
+    _only_test_symbols(args.symbol, args.force)
     extra: dict[str, str] = {}
     for item in args.field:
         name, sep, value = item.partition("=")

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import redis
 
 from microservices.allocation_target.settings import ProposerSettings
 from microservices.core.efficiency import EffReason
 from microservices.core.efficiency_reads import efficiency_readings, queue_efficiency_read
 from microservices.governor.plan import Plan, parse_plan
-from microservices.ops.inject import PlanSpec, inject_efficiency, inject_live_target, inject_plan
+from microservices.ops.inject import (
+    LiveTargetExistsError,
+    PlanSpec,
+    inject_efficiency,
+    inject_live_target,
+    inject_plan,
+    is_test_symbol,
+)
 from tests.redis_util import stream_entries
 
 
@@ -39,11 +47,22 @@ def test_no_fields_means_the_hash_is_absent(r: redis.Redis) -> None:
     assert reading.reason is EffReason.MISSING
 
 
-def test_live_target_is_a_hash_with_its_ttl(r: redis.Redis) -> None:
+def test_live_target_is_a_hash_with_its_ttl_and_never_written_over_an_existing_one(r: redis.Redis) -> None:
     key = inject_live_target(r, "INJ3USDT", "1000", ttl_sec=60)
     assert key == "quantum:allocation:target:INJ3USDT"
     assert r.hgetall(key) == {b"target_usd": b"1000"}
     assert 0 < r.ttl(key) <= 60
+
+    r.hset("quantum:allocation:target:REALUSDT", "target_usd", "250000")
+    with pytest.raises(LiveTargetExistsError):
+        inject_live_target(r, "REALUSDT", "5")
+    assert r.hgetall("quantum:allocation:target:REALUSDT") == {b"target_usd": b"250000"}
+    assert r.ttl("quantum:allocation:target:REALUSDT") == -1
+
+
+def test_test_symbols_are_known_by_their_prefix() -> None:
+    assert is_test_symbol("P31TESTBTCUSDT") and is_test_symbol("P31PROOF1HIGHUSDT-abc")
+    assert not is_test_symbol("BTCUSDT") and not is_test_symbol("p31testusdt")
 
 
 def test_plan_fields_are_appended_as_given_and_parse_as_the_governor_parses_them(r: redis.Redis) -> None:

@@ -220,23 +220,24 @@ def test_the_window_is_read_in_pages(r: redis.Redis) -> None:
 
 def test_inject_efficiency_and_plan_print_what_they_wrote(r: redis.Redis, redis_server: RedisServer) -> None:
     result = p31ctl(
-        redis_server.url, "inject-efficiency", "TSTUSDT", "--score", "0.2", "--confidence", "0.9", "--ts", "123",
+        redis_server.url, "inject-efficiency", "P31TESTUSDT", "--score", "0.2", "--confidence", "0.9", "--ts", "123",
         "--ttl", "100", "--target-usd", "50",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout == (
-        "wrote quantum:capital:efficiency:TSTUSDT (TTL 100 s)\nwrote quantum:allocation:target:TSTUSDT (TTL 100 s)\n"
+        "wrote quantum:capital:efficiency:P31TESTUSDT (TTL 100 s)\n"
+        "wrote quantum:allocation:target:P31TESTUSDT (TTL 100 s)\n"
     )
-    assert text_hash(r, "quantum:capital:efficiency:TSTUSDT") == {
+    assert text_hash(r, "quantum:capital:efficiency:P31TESTUSDT") == {
         "efficiency_score": "0.2",
         "confidence": "0.9",
         "ts": "123",
     }
-    assert text_hash(r, "quantum:allocation:target:TSTUSDT") == {"target_usd": "50"}
-    assert 0 < r.ttl("quantum:capital:efficiency:TSTUSDT") <= 100
+    assert text_hash(r, "quantum:allocation:target:P31TESTUSDT") == {"target_usd": "50"}
+    assert 0 < r.ttl("quantum:capital:efficiency:P31TESTUSDT") <= 100
 
     document = as_json(p31ctl(
-        redis_server.url, "inject-plan", "--plan-id", "p-1", "--symbol", "TSTUSDT", "--reduce-only", "true",
+        redis_server.url, "inject-plan", "--plan-id", "p-1", "--symbol", "P31TESTUSDT", "--reduce-only", "true",
         "--field", "note=x", "--stream", "test:plans", "--json",
     ))  # fmt: skip
     entries = stream_entries(r, "test:plans")
@@ -245,10 +246,37 @@ def test_inject_efficiency_and_plan_print_what_they_wrote(r: redis.Redis, redis_
     assert document["entry_id"] == written[0][0].decode()
     assert document["fields"] == entries[0]
     assert (entries[0]["plan_id"], entries[0]["reduceOnly"], entries[0]["note"]) == ("p-1", "true", "x")
-    plain = p31ctl(redis_server.url, "inject-plan", "--plan-id", "p-2", "--symbol", "TSTUSDT")
+    plain = p31ctl(redis_server.url, "inject-plan", "--plan-id", "p-2", "--symbol", "P31TESTUSDT")
     assert plain.returncode == 0, plain.stderr
     assert plain.stdout.startswith("appended to quantum:stream:apply.plan as entry ")
     assert len(stream_entries(r, "quantum:stream:apply.plan")) == 1
+
+
+def test_injectors_write_only_for_test_symbols_and_never_over_a_live_target(
+    r: redis.Redis, redis_server: RedisServer
+) -> None:
+    """Against production a typo must not corrupt a real score, overwrite (or set to expire) a real allocation
+    target, or publish a plan the apply layer would execute."""
+    hset_text(r, "quantum:allocation:target:BTCUSDT", {"target_usd": "250000", "owner": "risk"})
+    hset_text(r, "quantum:capital:efficiency:BTCUSDT", {"efficiency_score": "0.7", "confidence": "0.9", "ts": "1"})
+    before = (text_hash(r, "quantum:allocation:target:BTCUSDT"), text_hash(r, "quantum:capital:efficiency:BTCUSDT"))
+    for command in (
+        ["inject-efficiency", "BTCUSDT", "--score", "0.1", "--confidence", "0.9", "--target-usd", "5"],
+        ["inject-plan", "--plan-id", "typo-1", "--symbol", "BTCUSDT"],
+    ):
+        refused = p31ctl(redis_server.url, *command)
+        assert refused.returncode == 64, refused.stderr
+        assert "'BTCUSDT' is not a test symbol" in refused.stderr and "--force" in refused.stderr
+    # forced, the efficiency hash is written (that is what --force is for), but a live target is never overwritten
+    forced = p31ctl(
+        redis_server.url, "inject-efficiency", "BTCUSDT", "--score", "0.1", "--confidence", "0.9", "--target-usd", "5",
+        "--force",
+    )  # fmt: skip
+    assert forced.returncode == 64
+    assert "quantum:allocation:target:BTCUSDT exists" in forced.stderr
+    assert text_hash(r, "quantum:allocation:target:BTCUSDT") == before[0]
+    assert r.ttl("quantum:allocation:target:BTCUSDT") == -1
+    assert r.xlen("quantum:stream:apply.plan") == 0
 
 
 @pytest.mark.slow
@@ -270,8 +298,8 @@ def test_exit_statuses_unreachable_bad_config_usage() -> None:
 
 
 @pytest.mark.parametrize(
-    "command", [["report"], ["explain", "BTC"], ["inject-plan", "--plan-id", "p", "--symbol", "S"],
-                ["inject-efficiency", "S", "--score", "1", "--confidence", "1"]],
+    "command", [["report"], ["explain", "BTC"], ["inject-plan", "--plan-id", "p", "--symbol", "P31TEST1"],
+                ["inject-efficiency", "P31TEST1", "--score", "1", "--confidence", "1"]],
 )  # fmt: skip
 def test_every_redis_command_exits_69_with_one_line_when_unreachable(
     command: list[str], monkeypatch: pytest.MonkeyPatch
