@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from redis.exceptions import ResponseError
+
 from microservices.allocation_target.settings import ProposerSettings
 from microservices.core.numbers import parse_float
 from microservices.core.redis_client import RedisClient
@@ -137,6 +139,18 @@ class Report:
     change_pct: float | None
     up: tuple[Mover, ...]
     down: tuple[Mover, ...]
+    #: When the stream has lost entries (it is trimmed to about PROPOSE_STREAM_MAXLEN, so with many symbols it may
+    #: hold minutes, not the hour asked for): the time of its oldest remaining entry. None when it never lost one.
+    trimmed_before: float | None = None
+
+    @property
+    def partial(self) -> bool:
+        """The stream was trimmed after the window's start: what came before its oldest entry is not counted."""
+        return self.trimmed_before is not None and self.trimmed_before > self.start
+
+    @property
+    def covered_from(self) -> float:
+        return max(self.start, self.trimmed_before) if self.trimmed_before is not None else self.start
 
     def share(self, count: int) -> float:
         """A reason's share of the proposals, in percent."""
@@ -144,6 +158,8 @@ class Report:
 
     def as_json(self) -> dict[str, Any]:
         document = asdict(self)
+        document["partial"] = self.partial
+        document["covered_from"] = self.covered_from
         document["reasons"] = [
             {"reason": reason, "count": count, "share_pct": self.share(count)} for reason, count in self.reasons
         ]
@@ -151,7 +167,13 @@ class Report:
 
 
 def build_report(
-    entries: Iterable[ProposalEntry], *, stream: str, since_sec: float, now: float, unreadable: int = 0
+    entries: Iterable[ProposalEntry],
+    *,
+    stream: str,
+    since_sec: float,
+    now: float,
+    unreadable: int = 0,
+    trimmed_before: float | None = None,
 ) -> Report:
     """Aggregate ``entries`` (in stream order, so the last of a symbol is its latest proposal)."""
     all_entries = list(entries)
@@ -179,6 +201,7 @@ def build_report(
         change_pct=100.0 * change_total / base_total if base_total else None,
         up=tuple(sorted((m for m in movers if m.change > 0), key=lambda m: (-m.change, m.symbol))[:TOP_MOVERS]),
         down=tuple(sorted((m for m in movers if m.change < 0), key=lambda m: (m.change, m.symbol))[:TOP_MOVERS]),
+        trimmed_before=trimmed_before,
     )
 
 
@@ -201,6 +224,23 @@ def read_window(
         if len(page) < page_size:
             return
         low = "(" + _text(page[-1][0])  # exclusive: the next page starts after the last entry read
+
+
+def trimmed_before(client: RedisClient, stream: str) -> float | None:
+    """The time of the stream's oldest entry when it has lost entries (``entries-added`` above ``length``: trimmed
+    or deleted), else None. A Redis older than 7.0 does not count the entries added: its oldest entry is taken as
+    the limit whenever there is one, which errs toward saying "partial"."""
+    try:
+        info: dict[str, Any] = client.xinfo_stream(stream)
+    except ResponseError:  # no such stream
+        return None
+    first = info.get("first-entry")
+    if not first:
+        return None
+    added, length = info.get("entries-added"), info.get("length", 0)
+    if added is not None and int(added) <= int(length):
+        return None
+    return int(_text(first[0]).split("-", 1)[0]) / 1000
 
 
 def collect(raw: Iterable[tuple[str, Mapping[str, str]]]) -> tuple[list[ProposalEntry], int]:
@@ -234,6 +274,12 @@ def _movers_table(movers: Sequence[Mover]) -> str:
 
 def render_report(report: Report, since_text: str) -> str:
     head = f"Shadow proposals on {report.stream}, last {since_text} ({_utc(report.start)} .. {_utc(report.end)})\n"
+    if report.partial:
+        head += (
+            f"PARTIAL: the stream is trimmed to about PROPOSE_STREAM_MAXLEN entries and now starts at "
+            f"{_utc(report.covered_from)}: only the last {(report.end - report.covered_from) / 60:.1f} min are "
+            "counted, and a symbol whose proposals are all older is missing below\n"
+        )
     if report.proposals == 0:
         extra = f" ({report.unreadable} unreadable entries)" if report.unreadable else ""
         return head + f"no proposals in this window{extra}\n"
@@ -292,10 +338,18 @@ def run_report(ctx: Context) -> int:
     client = ctx.connect(settings)
     now = time.time()
     try:
+        trimmed = trimmed_before(client, settings.stream_name)
         entries, unreadable = collect(read_window(client, settings.stream_name, now - since_sec))
     finally:
         client.close()
-    report = build_report(entries, stream=settings.stream_name, since_sec=since_sec, now=now, unreadable=unreadable)
+    report = build_report(
+        entries,
+        stream=settings.stream_name,
+        since_sec=since_sec,
+        now=now,
+        unreadable=unreadable,
+        trimmed_before=trimmed,
+    )
     if ctx.json:
         ctx.emit_json(report.as_json())
     else:

@@ -202,6 +202,18 @@ def test_report_gives_exact_shares_percentiles_and_usd_change(r: redis.Redis, re
     assert (wider["proposals"], wider["symbols"]) == (7, 6)
 
 
+def test_report_says_when_the_stream_was_trimmed_inside_the_window(r: redis.Redis, redis_server: RedisServer) -> None:
+    now = time.time()
+    seed_proposals(r, now)
+    assert not as_json(p31ctl(redis_server.url, "report", "--since", "3h", "--json"))["partial"]
+    r.xtrim(STREAM, maxlen=3, approximate=False)  # as MAXLEN ~ does to a busy stream: the oldest entries are gone
+    document = as_json(p31ctl(redis_server.url, "report", "--since", "1h", "--json"))
+    assert document["partial"] and document["proposals"] == 3
+    first: list[tuple[bytes, dict[bytes, bytes]]] = r.xrange(STREAM, count=1)  # type: ignore[assignment]
+    assert document["covered_from"] == int(first[0][0].split(b"-")[0]) / 1000
+    assert "PARTIAL: the stream is trimmed" in p31ctl(redis_server.url, "report", "--since", "1h").stdout
+
+
 def test_report_of_an_empty_window_says_so(r: redis.Redis, redis_server: RedisServer) -> None:
     result = p31ctl(redis_server.url, "report", "--since", "30m")
     assert result.returncode == 0, result.stderr

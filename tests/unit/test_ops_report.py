@@ -101,3 +101,17 @@ def test_rendered_report_shows_the_figures() -> None:
     assert "0.5000  0.6500  1.0000  1.3000  1.4000" in text
     assert "2,100.00            2,050.00      -50.00  -2.38%" in text
     assert "[1.0, 1.1)          2  ########################################" in text
+
+
+def test_a_stream_trimmed_inside_the_window_makes_the_report_say_it_is_partial() -> None:
+    """The stream is trimmed to about PROPOSE_STREAM_MAXLEN entries: with many symbols it may hold minutes, not the
+    hour asked for. The report must say so rather than present a few minutes as "last 1h"."""
+    trimmed = build_report(ENTRIES, stream=STREAM, since_sec=3600, now=10_000.0, trimmed_before=9_400.0)
+    assert trimmed.partial and trimmed.covered_from == 9_400.0
+    document = trimmed.as_json()
+    assert (document["partial"], document["covered_from"]) == (True, 9_400.0)
+    assert "now starts at 1970-01-01 02:36:40 UTC: only the last 10.0 min are counted" in render_report(trimmed, "1h")
+    whole = build_report(ENTRIES, stream=STREAM, since_sec=3600, now=10_000.0, trimmed_before=6_000.0)
+    assert not whole.partial and whole.covered_from == 6_400.0
+    assert "PARTIAL" not in render_report(whole, "1h")
+    assert not build_report([], stream=STREAM, since_sec=3600, now=10_000.0).partial
