@@ -69,11 +69,15 @@ class _Routes:
 ALLOWED_METHODS = "GET, HEAD"
 #: What the ``Server`` header says: no Python or library version for a scanner to match against advisories.
 SERVER_BANNER = "p31"
+#: A connection that sends nothing for this long is closed: each one holds a thread and a file descriptor, and a
+#: scraper that opens connections and forgets them must not exhaust either.
+IDLE_TIMEOUT_SEC = 10.0
 
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    timeout = IDLE_TIMEOUT_SEC
     #: The stdlib's own error replies (400, 414, 431, 501) as one plain line, never HTML.
     error_message_format = "%(code)d %(message)s\n"
     error_content_type = "text/plain; charset=utf-8"

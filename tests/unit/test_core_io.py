@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Gauge
 
+from microservices.core import http_server
 from microservices.core.http_server import HealthState, MetricsServer
 from microservices.core.logs import JsonFormatter, LogThrottle
 from microservices.core.symbol_metrics import SymbolSeries, label_text
@@ -114,6 +115,20 @@ def test_health_follows_the_last_successful_loop(served: tuple[MetricsServer, He
 @pytest.mark.parametrize("path", ["/", "/metrics/x", "/health", "/favicon.ico", "/../etc/passwd"])
 def test_other_paths_are_not_found(served: tuple[MetricsServer, HealthState, FakeClock], path: str) -> None:
     assert _get(served[0], path)[0] == 404
+
+
+def test_an_idle_connection_is_closed_after_the_idle_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An idle keep-alive connection (or one that never sends a request) holds a thread and a descriptor: it is
+    closed after IDLE_TIMEOUT_SEC, shortened here, while a fresh request is still answered."""
+    assert http_server._Handler.timeout == http_server.IDLE_TIMEOUT_SEC == 10.0
+    monkeypatch.setattr(http_server._Handler, "timeout", 0.3)
+    server = MetricsServer("127.0.0.1", 0, CollectorRegistry(), HealthState("test", 30.0)).start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.address[1]), timeout=5) as idle:
+            assert idle.recv(1) == b""  # closed by the server, not by our 5 s timeout
+        assert _get(server, "/healthz")[0] == 503
+    finally:
+        server.close()
 
 
 def test_per_symbol_series_are_capped_and_removed_when_the_symbol_goes_away() -> None:
