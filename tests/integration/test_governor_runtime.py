@@ -76,6 +76,8 @@ def test_sigterm_mid_stream_finishes_the_batch_and_leaves_the_rest_pending(
         daemon.close()
     assert "received SIGTERM: the batch in hand was finished" in daemon.log()
     assert r.xpending(PLANS, "governor")["pending"] == 0  # what was read was decided and acknowledged
+    [group] = r.xinfo_groups(PLANS)
+    assert group["lag"] > 0  # the stop came mid-stream: the rest was never read, and is decided by the next run
     result = run_once(MODULE, redis_server.url, {"GOV_CONSUMER": "g1"})
     assert result.returncode == 0, result.stderr
     assert_exactly_one_outcome_each(r, published)
