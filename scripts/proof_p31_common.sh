@@ -10,11 +10,13 @@
 PROOF_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_DIR="$(dirname "$PROOF_DIR")"
 PY="${PYTHON:-$REPO_DIR/.venv/bin/python}"
-# The production default; tests and staging export their own.
-export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379/0}"
+# No connection default of the shell's own: every helper and a spawned daemon read REDIS_URL, or REDIS_HOST, REDIS_PORT,
+# REDIS_DB and REDIS_PASSWORD, from the environment and the --env-file, and the settings' defaults apply as for the
+# daemons (a REDIS_URL set here would win over the env file's REDIS_HOST and REDIS_PASSWORD).
 # The helpers and a spawned daemon import the checkout's code, installed or not.
 export PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}"
 
+ENV_FILE=""
 SPAWN_PORT=""
 DAEMON_PID=""
 DAEMON_URL=""
@@ -25,8 +27,10 @@ FINISHED=0
 # SPEC §5: a daemon exits within 5 s of SIGTERM; it is killed after twice that.
 STOP_WAIT_TENTHS=100
 
+# helper SCRIPT ARG...: a Python helper, given the proof's --env-file (before its own arguments: proof_p31_run.py takes
+# it ahead of its command).
 helper() {
-  "$PY" "$PROOF_DIR/$1" "${@:2}"
+  "$PY" "$PROOF_DIR/$1" ${ENV_FILE:+--env-file "$ENV_FILE"} "${@:2}"
 }
 
 # record LINE: a PASS/FAIL line of the shell's own, printed and counted like the helpers' lines.
@@ -44,12 +48,14 @@ prepare() {
   fi
 }
 
-# spawn_daemon MODULE [VAR=VALUE ...]: start `python -m MODULE` with the caller's environment plus the given variables
-# and METRICS_PORT=SPAWN_PORT; wait for /healthz 200. Sets DAEMON_PID and DAEMON_URL.
+# spawn_daemon MODULE [VAR=VALUE ...]: start `python -m MODULE [--env-file FILE]` with the caller's environment plus the
+# given variables and METRICS_PORT=SPAWN_PORT (which win over the env file's); wait for /healthz 200. Sets DAEMON_PID
+# and DAEMON_URL.
 spawn_daemon() {
   local module="$1" port="$SPAWN_PORT"
   shift
-  env "$@" METRICS_ADDR=127.0.0.1 METRICS_PORT="$port" "$PY" -m "$module" >"$DAEMON_LOG" 2>&1 &
+  env "$@" METRICS_ADDR=127.0.0.1 METRICS_PORT="$port" \
+    "$PY" -m "$module" ${ENV_FILE:+--env-file "$ENV_FILE"} >"$DAEMON_LOG" 2>&1 &
   DAEMON_PID=$!
   DAEMON_URL="http://127.0.0.1:$port"
   echo "spawned $module (pid $DAEMON_PID) with /metrics on $DAEMON_URL" >&2
@@ -131,9 +137,9 @@ on_exit() {
 }
 
 # parse_options URL_VAR URL_OPTION DEFAULT_URL ARG...: the options of both proofs, `[--spawn] [URL_OPTION URL]
-# [--timeout SEC] [-h|--help]`. Sets SPAWN (0 or 1), the variable named URL_VAR (DEFAULT_URL unless given) and TIMEOUT
-# (empty unless given: each proof has its own default). --help prints the proof's header comment and exits 0; an
-# unknown argument exits 2.
+# [--env-file FILE] [--timeout SEC] [-h|--help]`. Sets SPAWN (0 or 1), the variable named URL_VAR (DEFAULT_URL unless
+# given), ENV_FILE (empty unless given) and TIMEOUT (empty unless given: each proof has its own default). --help prints
+# the proof's header comment and exits 0; an unknown argument, or an env file that cannot be read, exits 2.
 parse_options() {
   local url_var="$1" url_option="$2"
   printf -v "$url_var" '%s' "$3"
@@ -144,12 +150,17 @@ parse_options() {
     case "$1" in
       --spawn) SPAWN=1 ;;
       "$url_option") printf -v "$url_var" '%s' "${2:?$url_option needs a URL}"; shift ;;
+      --env-file) ENV_FILE="${2:?--env-file needs a file}"; shift ;;
       --timeout) TIMEOUT="${2:?--timeout needs seconds}"; shift ;;
       -h | --help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[-1]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
       *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
   done
+  if [ -n "$ENV_FILE" ] && ! { [ -f "$ENV_FILE" ] && [ -r "$ENV_FILE" ]; }; then
+    echo "--env-file $ENV_FILE: not a readable file" >&2
+    exit 2
+  fi
 }
 
 # start_run: the run's id, directory, ledger and results file, and the traps that clean up after it.

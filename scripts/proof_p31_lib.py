@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -26,7 +25,7 @@ from microservices.allocation_target.proposal import PROPOSED_PREFIX
 from microservices.allocation_target.settings import ProposerSettings
 from microservices.core.efficiency import efficiency_key
 from microservices.core.redis_client import RedisClient, connect
-from microservices.core.settings import CommonSettings, load_settings
+from microservices.core.settings import CommonSettings, environment, load_settings
 from microservices.devtools.daemon_process import http_get
 from microservices.governor.gate import GATE_KEY_PREFIX
 from microservices.governor.records import (
@@ -82,6 +81,9 @@ class RunState:
     spawn: bool
     #: ``GOV_CONSUMER`` of the spawned governor (step 2 with ``--spawn``), else None.
     consumer: str | None = None
+    #: Streams whose names are the run's own (step 2 with ``--spawn``: its plans stream and that stream's dead
+    #: letters): nobody else writes them, so the cleanup deletes them whole.
+    private_streams: list[str] = field(default_factory=list)
     #: Streams by role (:data:`PROPOSALS` ...), as they were before the run.
     streams: dict[str, StreamMark] = field(default_factory=dict)
     symbols: list[str] = field(default_factory=list)
@@ -116,10 +118,10 @@ class RunState:
         return self.streams[role].name
 
 
-def stream_names() -> dict[str, str]:
+def stream_names(env: Mapping[str, str]) -> dict[str, str]:
     """The streams the proofs read and clean, by role, named from the environment exactly as the daemons name them."""
-    proposer = load_settings(ProposerSettings, dict(os.environ))
-    governor = load_settings(GovernorSettings, dict(os.environ))
+    proposer = load_settings(ProposerSettings, env)
+    governor = load_settings(GovernorSettings, env)
     return {
         PROPOSALS: proposer.stream_name,
         PLANS: governor.plans_stream,
@@ -132,12 +134,25 @@ def proof_symbol(step: int, tag: str, run: str) -> str:
     return f"{SYMBOL_PREFIX}{step}{tag}USDT-{run}"
 
 
+# --- the environment -----------------------------------------------------------------------------------------------
+
+
+def add_env_file_option(parser: argparse.ArgumentParser) -> None:
+    """``--env-file FILE``, which the shell passes on to every helper as to a spawned daemon. A helper reads its
+    settings from ``microservices.core.settings.environment(env_file)``, as a daemon does: the file parsed, never
+    executed (a ``$`` or backtick in a password stays as it is), overridden by the process environment; variables
+    set in neither keep the settings' own defaults."""
+    parser.add_argument(
+        "--env-file", metavar="FILE", help="read the daemons' variables from FILE too (the environment wins)"
+    )
+
+
 # --- Redis -------------------------------------------------------------------------------------------------------
 
 
-def connect_from_env() -> RedisClient:
+def connect_from_env(env: Mapping[str, str]) -> RedisClient:
     """A client for the Redis the daemons use: ``REDIS_URL`` (or ``REDIS_HOST`` ...), read and checked as they do."""
-    return connect(load_settings(CommonSettings, dict(os.environ)), client_name="p31-proof")
+    return connect(load_settings(CommonSettings, env), client_name="p31-proof")
 
 
 def text(raw: object) -> str:
@@ -243,24 +258,26 @@ def _show(values: Mapping[str, object]) -> str:
     return ", ".join(f"{name}={value!r}" for name, value in values.items()) or "{}"
 
 
-#: A step's checks: the run's ledger, the daemon's base URL, the longest wait for its work, and where to report.
-Checks = Callable[[RunState, str, float, Reporter], None]
+#: A step's checks: the run's ledger, its environment (``environment(--env-file)``), the daemon's base URL, the longest
+#: wait for its work, and where to report.
+Checks = Callable[[RunState, Mapping[str, str], str, float, Reporter], None]
 
 
 def check_main(
     argv: list[str] | None, *, doc: str | None, checks: Checks, url_option: str, default_url: str, timeout: float,
     timeout_help: str,
 ) -> int:  # fmt: skip
-    """The command line of a step's check script (``--state``, ``--results``, the daemon's URL, ``--timeout``): run
-    ``checks``; exit status 0 when every case passed, 1 otherwise."""
+    """The command line of a step's check script (``--state``, ``--results``, the daemon's URL, ``--timeout``,
+    ``--env-file``): run ``checks``; exit status 0 when every case passed, 1 otherwise."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_env_file_option(parser)
     parser.add_argument("--state", required=True, help="the run's ledger")
     parser.add_argument("--results", help="append the PASS/FAIL lines here too")
     parser.add_argument(url_option, dest="url", default=default_url)
     parser.add_argument("--timeout", type=float, default=timeout, help=timeout_help)
     args = parser.parse_args(argv)
     reporter = Reporter(Path(args.results) if args.results else None)
-    checks(RunState.load(Path(args.state)), args.url, args.timeout, reporter)
+    checks(RunState.load(Path(args.state)), environment(args.env_file), args.url, args.timeout, reporter)
     return 0 if reporter.failures == 0 else 1
 
 

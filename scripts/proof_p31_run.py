@@ -2,8 +2,12 @@
 
 - ``prepare``: record the streams as they are before the run (the ledger); with ``--spawn``, refuse where a spawned
   daemon would act on someone else's data, and print a free loopback port for its METRICS_PORT;
+  with ``--private-plans`` (step 2 with ``--spawn``), record ``STREAM_PLANS`` and its dead letters as the run's own;
 - ``wait-health``: wait for a daemon's /healthz to answer 200 with a JSON object;
 - ``cleanup``: delete everything the run wrote or caused, then check that nothing is left (case ``cleanup``).
+
+Every command reads the settings as the daemons do, from ``--env-file FILE`` (given before the command) overridden by
+the environment.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from proof_p31_lib import (
     PROPOSER_LOOPS,
     Reporter,
     RunState,
+    add_env_file_option,
     connect_from_env,
     entries_after,
     healthz,
@@ -41,9 +46,8 @@ from redis.exceptions import ResponseError
 from microservices.allocation_target.proposal import LIVE_TARGET_PREFIX, symbols_from_live_keys
 from microservices.core.efficiency import efficiency_key
 from microservices.core.redis_client import RedisClient
-from microservices.core.settings import load_settings
+from microservices.core.settings import EX_CONFIG, ConfigError, environment
 from microservices.devtools.redis_server import free_port
-from microservices.governor.settings import GovernorSettings
 from microservices.ops.inject import live_target_key
 
 EX_USAGE = 2
@@ -57,28 +61,35 @@ CLEANUP_PAUSE_SEC = 1.0
 
 
 def prepare(args: argparse.Namespace) -> int:
-    client = connect_from_env()
-    names = stream_names()
+    try:  # what a daemon would refuse to start with (exit 78) stops the run before it writes anything
+        env = environment(args.env_file)
+        client = connect_from_env(env)
+        names = stream_names(env)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EX_CONFIG
     roles = [PROPOSALS] if args.step == 1 else [PLANS, EVENTS, DEAD_LETTERS]
     state = RunState(step=args.step, run=args.run, spawn=args.spawn, consumer=args.consumer)
     state.streams = {role: mark_stream(client, names[role]) for role in roles}
-    if args.spawn:
-        refusal = _spawn_refusal(client, args.step, state)
-        if refusal:
-            print(f"refusing --spawn: {refusal}", file=sys.stderr)
-            return EX_USAGE
+    if args.private_plans:
+        state.private_streams = [names[PLANS], names[DEAD_LETTERS]]
+    refusal = _refusal(client, state) if args.spawn or args.private_plans else None
+    if refusal:
+        print(f"refusing --spawn: {refusal}", file=sys.stderr)
+        return EX_USAGE
     state.save(Path(args.state))
     if args.spawn:
         print(free_port())
     return 0
 
 
-def _spawn_refusal(client: RedisClient, step: int, state: RunState) -> str | None:
-    """Why a spawned daemon would act on data that is not the run's, or None.
+def _refusal(client: RedisClient, state: RunState) -> str | None:
+    """Why a spawned daemon would act on data that is not the run's, or the cleanup would delete some, or None.
 
-    A spawned proposer writes shadow proposals for every live target it finds; a spawned governor decides every plan
-    its group has not been given yet (and, when it has to create the group, every plan the stream holds)."""
-    if step == 1:
+    A spawned proposer writes shadow proposals for every live target it finds. A spawned governor reads a plans stream
+    private to the run (``--private-plans``), in a group of its own: it cannot decide anyone else's plan, but the
+    cleanup deletes that stream and its dead letters whole, so neither may exist yet."""
+    if state.step == 1:
         keys = client.scan_iter(match=LIVE_TARGET_PREFIX.encode() + b"*", count=1000, _type="hash")
         foreign = sorted(symbols_from_live_keys(keys))
         if foreign:
@@ -87,26 +98,11 @@ def _spawn_refusal(client: RedisClient, step: int, state: RunState) -> str | Non
                 "would write shadow proposals for them. Run against the running service (no --spawn) instead."
             )
         return None
-    plans = state.streams[PLANS]
-    if not plans.existed:
-        return None
-    group = load_settings(GovernorSettings, dict(os.environ)).group
-    length = int(client.xlen(plans.name))
-    if group not in plans.groups:
-        if length:
-            return (
-                f"{plans.name} holds {length} plan(s) and has no group {group}: a spawned governor would create the "
-                "group at 0 and decide every one of them"
-            )
-        return None
-    info = next(g for g in client.xinfo_groups(plans.name) if text(g["name"]) == group)
-    delivered = text(info["last-delivered-id"])
-    undelivered = next(entries_after(client, plans.name, delivered), None)
-    if int(info["pending"]) or undelivered is not None:
-        return (
-            f"group {group} on {plans.name} has plans pending or not yet delivered: a spawned governor would decide "
-            "or claim them. Run against the running service (no --spawn) instead."
-        )
+    if not state.private_streams:
+        return "the spawned governor needs a plans stream of the run's own (--private-plans)"
+    taken = [name for name in state.private_streams if client.exists(name)]
+    if taken:
+        return f"{', '.join(taken)} already exist(s): the run's private streams must be new"
     return None
 
 
@@ -146,7 +142,7 @@ def cleanup(args: argparse.Namespace) -> int:
     if not path.exists():  # the run stopped before it wrote anything
         return 0
     state = RunState.load(path)
-    client = connect_from_env()
+    client = connect_from_env(environment(args.env_file))
     reporter = Reporter(Path(args.results) if args.results else None)
     leftovers: list[str] = []
     for attempt in range(CLEANUP_PASSES):
@@ -170,8 +166,11 @@ def cleanup(args: argparse.Namespace) -> int:
 
 
 def _remove_inputs(client: RedisClient, state: RunState) -> None:
-    """First what makes the daemons act: the plans (so no governor takes one up), the efficiency hashes and the live
-    targets (so no proposer loop discovers the run's symbols again)."""
+    """First what makes the daemons act: the plans (so no governor takes one up; a private plans stream goes whole,
+    with its group and dead letters), the efficiency hashes and the live targets (so no proposer loop discovers the
+    run's symbols again)."""
+    if state.private_streams:
+        client.delete(*state.private_streams)
     if PLANS in state.streams:
         _xdel_owned(client, state, PLANS)
     pipe = client.pipeline(transaction=False)
@@ -192,7 +191,7 @@ def _let_proposer_settle(url: str, timeout: float) -> None:
 
 def _remove_outputs(client: RedisClient, state: RunState) -> None:
     pipe = client.pipeline(transaction=False)
-    for key in owned_keys(state):
+    for key in [*owned_keys(state), *state.private_streams]:
         pipe.delete(key)
     pipe.execute()
     for role, mark in state.streams.items():
@@ -246,6 +245,7 @@ def _undo_groups(client: RedisClient, state: RunState, role: str) -> None:
 def _leftovers(client: RedisClient, state: RunState) -> list[str]:
     """What the run left behind, described."""
     left = [f"key {key}" for key in owned_keys(state) if client.exists(key)]
+    left += [f"stream {name}, private to the run" for name in state.private_streams if client.exists(name)]
     for mark in state.streams.values():
         owned = [e for e, f in entries_after(client, mark.name, mark.last_id) if is_owned_entry(state, e, f)]
         if owned:
@@ -270,6 +270,7 @@ def _leftovers(client: RedisClient, state: RunState) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_env_file_option(parser)
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("prepare", help="record the streams before the run; refuse an unsafe --spawn; print a port")
@@ -278,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--state", required=True, help="the ledger file to create")
     p.add_argument("--spawn", action="store_true", help="the proof spawns the daemon: check it may, print a free port")
     p.add_argument("--consumer", help="GOV_CONSUMER of the spawned governor")
+    p.add_argument(
+        "--private-plans", action="store_true",
+        help="STREAM_PLANS (and so its dead-letter stream) is the run's own: refuse if it exists, delete it at cleanup",
+    )  # fmt: skip
     p.set_defaults(func=prepare)
 
     p = commands.add_parser("wait-health", help="wait for /healthz 200 with a JSON body")

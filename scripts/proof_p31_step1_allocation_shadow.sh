@@ -16,18 +16,23 @@
 # It prints "PASS <case>" or "FAIL <case>: expected ... got ..." per case, then a summary, and exits 0 only when every
 # case passed.
 #
-# Usage: scripts/proof_p31_step1_allocation_shadow.sh [--spawn] [--proposer-url URL] [--timeout SEC]
-#   --spawn           start its own proposer (python -m microservices.allocation_target, LOOP_INTERVAL_SEC=1, on a
-#                     free METRICS_PORT, with this shell's environment) and stop it at exit. Refused when the Redis
-#                     holds live allocation targets: the spawned proposer would write shadow proposals for them.
+# Usage: scripts/proof_p31_step1_allocation_shadow.sh [--spawn] [--proposer-url URL] [--env-file FILE]
+#          [--timeout SEC]
+#   --spawn           start its own proposer (python -m microservices.allocation_target [--env-file FILE],
+#                     LOOP_INTERVAL_SEC=1, on a free METRICS_PORT, with this shell's environment) and stop it at exit.
+#                     Refused when the Redis holds live allocation targets: the spawned proposer would write shadow
+#                     proposals for them.
 #   --proposer-url    without --spawn: the running service's HTTP endpoint (default http://127.0.0.1:8065)
+#   --env-file        read the service's variables from FILE too, as the daemons' --env-file does: parsed, never run
+#                     as shell (a $ or ` in a password stays as it is); a variable of the environment wins. Every
+#                     helper and the spawned proposer get it.
 #   --timeout         longest wait for two proposer loops after the injection (default 25 s, with --spawn 15 s:
 #                     the service loops every LOOP_INTERVAL_SEC, 10 s by default)
-# Environment: REDIS_URL (default redis://127.0.0.1:6379/0, production's), PYTHON (default <repo>/.venv/bin/python);
-# PROPOSE_STREAM_NAME and PROPOSE_KEY_TTL if the service uses other values than the defaults.
-# On the VPS, to take them from the service's own settings (root:quantum-p31 0640: as root or that group):
-#   ( set -a; . /etc/quantum/p31/allocation-target.env; set +a
-#     /opt/quantum/p31/scripts/proof_p31_step1_allocation_shadow.sh )
+# Settings, read as the service reads them (environment, then --env-file, then the service's defaults): REDIS_URL, or
+# REDIS_HOST, REDIS_PORT, REDIS_DB and REDIS_PASSWORD (default localhost:6379, database 0, no password);
+# PROPOSE_STREAM_NAME and PROPOSE_KEY_TTL. PYTHON: the interpreter (default <repo>/.venv/bin/python).
+# On the VPS, with the service's own settings (root:quantum-p31 0640: as root or that group):
+#   /opt/quantum/p31/scripts/proof_p31_step1_allocation_shadow.sh --env-file /etc/quantum/p31/allocation-target.env
 #
 # CAUTION: against a live system, whatever else reads quantum:allocation:target:* sees the run's live targets while
 # it lasts (seconds; up to a minute without --spawn). Its symbols, P31PROOF1<CASE>USDT-<run>, are test-only: no

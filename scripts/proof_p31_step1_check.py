@@ -17,10 +17,10 @@ Exit status 0 when every case passed, 1 otherwise.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 from proof_p31_lib import (
@@ -60,9 +60,9 @@ TS_SLACK_SEC = 2
 EXPIRY_SLACK_SEC = 0.5
 
 
-def check(state: RunState, url: str, timeout: float, reporter: Reporter) -> None:
-    client = connect_from_env()
-    settings = load_settings(ProposerSettings, dict(os.environ))
+def check(state: RunState, env: Mapping[str, str], url: str, timeout: float, reporter: Reporter) -> None:
+    client = connect_from_env(env)
+    settings = load_settings(ProposerSettings, env)
 
     check_healthz(reporter, "proposer-healthz", url)
 

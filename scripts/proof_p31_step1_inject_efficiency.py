@@ -15,11 +15,21 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from proof_p31_lib import PROPOSALS, RunState, connect_from_env, hex_hash, mark_stream, proof_symbol
+from proof_p31_lib import (
+    PROPOSALS,
+    RunState,
+    add_env_file_option,
+    connect_from_env,
+    hex_hash,
+    mark_stream,
+    proof_symbol,
+)
 
+from microservices.core.settings import environment
 from microservices.ops.inject import inject_efficiency, inject_live_target
 
 #: A fresh score's age, seconds: well inside P31_STALE_SEC (600).
@@ -100,9 +110,9 @@ CASES: tuple[Step1Case, ...] = (
 )  # fmt: skip
 
 
-def inject(state_path: Path) -> None:
+def inject(state_path: Path, env: Mapping[str, str]) -> None:
     state = RunState.load(state_path)
-    client = connect_from_env()
+    client = connect_from_env(env)
     symbols = {case.name: proof_symbol(1, case.tag, state.run) for case in CASES}
     state.symbols = list(symbols.values())
     state.injected_at = time.time()
@@ -126,9 +136,10 @@ def inject(state_path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_env_file_option(parser)
     parser.add_argument("--state", required=True, help="the run's ledger, made by proof_p31_run.py prepare")
     args = parser.parse_args(argv)
-    inject(Path(args.state))
+    inject(Path(args.state), environment(args.env_file))
     return 0
 
 

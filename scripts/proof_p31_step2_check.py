@@ -19,9 +19,9 @@ Exit status 0 when every case passed, 1 otherwise.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from proof_p31_lib import (
@@ -62,9 +62,9 @@ METRICS_SETTLE_SEC = 5.0
 METRICS_RECHECK_SEC = 0.3
 
 
-def check(state: RunState, url: str, timeout: float, reporter: Reporter) -> None:
-    client = connect_from_env()
-    settings = load_settings(GovernorSettings, dict(os.environ))
+def check(state: RunState, env: Mapping[str, str], url: str, timeout: float, reporter: Reporter) -> None:
+    client = connect_from_env(env)
+    settings = load_settings(GovernorSettings, env)
 
     check_healthz(reporter, "governor-healthz", url)
 

@@ -23,23 +23,29 @@
 # apply layer. Its symbols, P31PROOF2<CASE>USDT-<run>, are test-only: no exchange lists them (no exchange symbol holds
 # a "-"), so the exchange layer rejects any order for them. Do not change them into real symbols.
 #
-# Usage: scripts/proof_p31_step2_governor_downsize.sh [--spawn] [--governor-url URL] [--timeout SEC]
-#   --spawn           start its own governor (python -m microservices.governor, GOV_CONSUMER p31proof-<run>, on a free
-#                     METRICS_PORT, with this shell's environment) and stop it at exit. Refused when the plans
-#                     stream holds plans the spawned governor would decide (undelivered or pending in its group, or
-#                     any plan when the group does not exist yet).
+# Usage: scripts/proof_p31_step2_governor_downsize.sh [--spawn] [--governor-url URL] [--env-file FILE] [--timeout SEC]
+#   --spawn           start its own governor (python -m microservices.governor [--env-file FILE], GOV_CONSUMER
+#                     p31proof-<run>, on a free METRICS_PORT, with this shell's environment) and stop it at exit. It
+#                     reads plans from a stream and in a group of the run's own, STREAM_PLANS
+#                     quantum:stream:apply.plan.proof-<run> and GOV_GROUP proof-<run>, on which the proof publishes
+#                     its plans: it never joins the service's group, so a real plan published meanwhile is not its
+#                     to decide. That stream and its .dlq are deleted at exit.
 #   --governor-url    without --spawn: the running service's HTTP endpoint (default http://127.0.0.1:8044)
+#   --env-file        read the service's variables from FILE too, as the daemons' --env-file does: parsed, never run
+#                     as shell (a $ or ` in a password stays as it is); a variable of the environment wins. Every
+#                     helper and the spawned governor get it.
 #   --timeout         longest wait for the plans' outcomes (default 15 s)
-# Environment: REDIS_URL (default redis://127.0.0.1:6379/0, production's), PYTHON (default <repo>/.venv/bin/python);
-# STREAM_PLANS, GOV_GROUP and PERMIT_TTL_SEC if the service uses other values than the defaults.
-# On the VPS, to take them from the service's own settings (root:quantum-p31 0640: as root or that group):
-#   ( set -a; . /etc/quantum/p31/governor.env; set +a
-#     /opt/quantum/p31/scripts/proof_p31_step2_governor_downsize.sh )
+# Settings, read as the service reads them (environment, then --env-file, then the service's defaults): REDIS_URL, or
+# REDIS_HOST, REDIS_PORT, REDIS_DB and REDIS_PASSWORD (default localhost:6379, database 0, no password); without
+# --spawn, STREAM_PLANS (the plans go to the running service's stream) and GOV_GROUP; PERMIT_TTL_SEC. PYTHON: the
+# interpreter (default <repo>/.venv/bin/python).
+# On the VPS, with the service's own settings (root:quantum-p31 0640: as root or that group):
+#   /opt/quantum/p31/scripts/proof_p31_step2_governor_downsize.sh --env-file /etc/quantum/p31/governor.env
 #
 # What it touches: only keys of its own symbols and plan_ids (efficiency hashes, permits, blocks, outcome markers,
-# gates) and its own entries on the plans, events and dead-letter streams; at exit (trap EXIT, also after a failure or
-# Ctrl-C) it deletes them all, with --spawn also the spawned governor's consumer (and the group or stream it created),
-# and checks that nothing is left.
+# gates) and its own entries on the events stream and, without --spawn, on the plans and dead-letter streams; with
+# --spawn, its private plans stream and that stream's dead letters. At exit (trap EXIT, also after a failure or
+# Ctrl-C) it deletes them all, with --spawn the private streams whole, and checks that nothing is left.
 set -euo pipefail
 
 # shellcheck source=scripts/proof_p31_common.sh
@@ -55,7 +61,9 @@ if [ "$SPAWN" -eq 1 ]; then MODE="spawned governor"; else MODE="governor at $GOV
 echo "$TITLE: run $RUN_ID, $MODE"
 if [ "$SPAWN" -eq 1 ]; then
   CONSUMER="p31proof-$RUN_ID"
-  prepare 2 --consumer "$CONSUMER"
+  # Exported, so the helpers and the spawned governor name the same streams; the environment wins over the env file.
+  export STREAM_PLANS="quantum:stream:apply.plan.proof-$RUN_ID" GOV_GROUP="proof-$RUN_ID"
+  prepare 2 --consumer "$CONSUMER" --private-plans
   spawn_daemon microservices.governor GOV_CONSUMER="$CONSUMER"
   GOVERNOR_URL="$DAEMON_URL"
 else

@@ -17,12 +17,23 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from proof_p31_lib import PLANS, RunState, connect_from_env, proof_symbol, scrape, series, series_key
+from proof_p31_lib import (
+    PLANS,
+    RunState,
+    add_env_file_option,
+    connect_from_env,
+    proof_symbol,
+    scrape,
+    series,
+    series_key,
+)
 
+from microservices.core.settings import environment
 from microservices.ops.inject import PlanSpec, inject_efficiency, inject_plan
 
 #: The series whose growth the check compares with the number of downsized permits.
@@ -87,9 +98,9 @@ CASES: tuple[Step2Case, ...] = (
 )  # fmt: skip
 
 
-def inject(state_path: Path, governor_url: str) -> None:
+def inject(state_path: Path, env: Mapping[str, str], governor_url: str) -> None:
     state = RunState.load(state_path)
-    client = connect_from_env()
+    client = connect_from_env(env)
     symbols = {case.name: proof_symbol(2, case.tag, state.run) for case in CASES}
     plan_ids = {case.name: case.plan_id_for(state.run) for case in CASES}
     state.symbols = list(symbols.values())
@@ -128,10 +139,11 @@ def inject(state_path: Path, governor_url: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_env_file_option(parser)
     parser.add_argument("--state", required=True, help="the run's ledger, made by proof_p31_run.py prepare")
     parser.add_argument("--governor-url", default="http://127.0.0.1:8044", help="for the metrics baseline")
     args = parser.parse_args(argv)
-    inject(Path(args.state), args.governor_url)
+    inject(Path(args.state), environment(args.env_file), args.governor_url)
     return 0
 
 

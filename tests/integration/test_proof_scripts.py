@@ -3,10 +3,14 @@
 
 Each run must pass every case, leave no key behind and leave every key it did not create exactly as it was: the
 Redis is seeded with foreign keys of every type and with the streams the proofs share with production (the proposals,
-plans, events and dead-letter streams, the plans stream with a consumer group and a consumer of its own), and a
-``SCAN`` of every key with its value, TTL, stream entries and groups is compared before and after. A proof must also
-be able to fail: with ``P31_MAX_MULT=1.2`` exported to the spawned proposer, step 1 reports the 0.9 score's multiplier
-as 1.2000, not 1.4000, and exits non-zero (and still cleans up).
+plans, events and dead-letter streams, the plans stream with a consumer group, a consumer of its own and a plan not
+yet delivered to it), and a ``SCAN`` of every key with its value, TTL, stream entries and groups (their consumers,
+pending count and last delivered id) is compared before and after. A proof must also be able to fail: with
+``P31_MAX_MULT=1.2`` exported to the spawned proposer, step 1 reports the 0.9 score's multiplier as 1.2000, not
+1.4000, and exits non-zero (and still cleans up).
+
+The connection comes from ``--env-file`` alone in the passing runs (no ``REDIS_URL`` in the environment): step 1's
+Redis wants a password, which only the env file gives, and that a shell would mangle (``$`` and a backtick).
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ STEP2_CASES = (
     "permit-schema", "permit-ttl", "metrics-eff-apply", "metrics-eff-factor", "governor-sigterm", "cleanup",
 )  # fmt: skip
 PLANS = "quantum:stream:apply.plan"
+#: A password a shell would mangle if the env file were sourced: ``$USER`` expands, the backticks run ``true``.
+PASSWORD = "s3cret$USER`true`z"
 #: A run takes some 10 s on a quiet machine; this is only the bound of a hung one.
 RUN_TIMEOUT_SEC = 100
 
@@ -50,10 +56,18 @@ def proof_redis() -> Iterator[RedisServer]:
         yield server
 
 
-@pytest.fixture
-def seeded(proof_redis: RedisServer) -> Iterator[redis.Redis]:
+@pytest.fixture(scope="module")
+def password_redis() -> Iterator[RedisServer]:
+    """A Redis that refuses every command until AUTH with :data:`PASSWORD`. Set once it answers: started with
+    ``--requirepass``, its readiness probe spends seconds in redis-py's retries of the refused HELLO."""
+    with RedisServer() as server:
+        with server.client() as client:
+            client.config_set("requirepass", PASSWORD)
+        yield server
+
+
+def seed(client: redis.Redis) -> None:
     """The Redis emptied, then seeded with keys that are not the proofs': each must come out exactly as it went in."""
-    client = proof_redis.client()
     client.flushall()
     client.set("foreign:string", "keep me", ex=3600)
     client.hset("foreign:hash", mapping={"a": "1", "b": "\xff text"})
@@ -71,6 +85,22 @@ def seeded(proof_redis: RedisServer) -> Iterator[redis.Redis]:
     client.xadd(PLANS, {"plan_id": "foreign-plan", "symbol": "BTCUSDT", "decision": "EXECUTE"})
     client.xgroup_create(PLANS, "governor", id="$")
     client.xgroup_createconsumer(PLANS, "governor", "prod-host")
+    # ... and one published since, not yet delivered: a governor in group governor would take it up.
+    client.xadd(PLANS, {"plan_id": "foreign-plan-2", "symbol": "ETHUSDT", "decision": "EXECUTE"})
+
+
+@pytest.fixture
+def seeded(proof_redis: RedisServer) -> Iterator[redis.Redis]:
+    client = proof_redis.client()
+    seed(client)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def seeded_with_password(password_redis: RedisServer) -> Iterator[redis.Redis]:
+    client = password_redis.client(password=PASSWORD)
+    seed(client)
     yield client
     client.close()
 
@@ -93,9 +123,12 @@ def snapshot(client: redis.Redis) -> dict[bytes, Any]:
             value = client.zrange(key, 0, -1, withscores=True)
         elif kind == "stream":
             groups = [
-                (g["name"], g["pending"], sorted(c["name"] for c in client.xinfo_consumers(key, g["name"])))
+                (
+                    g["name"], g["pending"], g["last-delivered-id"],
+                    sorted(c["name"] for c in client.xinfo_consumers(key, g["name"])),
+                )
                 for g in client.xinfo_groups(key)
-            ]
+            ]  # fmt: skip
             value = (client.xrange(key), groups)
         else:
             value = kind
@@ -103,15 +136,13 @@ def snapshot(client: redis.Redis) -> dict[bytes, Any]:
     return state
 
 
-def run_proof(
-    script: Path, server: RedisServer, tmp_path: Path, env: Mapping[str, str] | None = None, *args: str
-) -> subprocess.CompletedProcess[str]:
+def run_proof(script: Path, tmp_path: Path, env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """The proof with ``--spawn`` and ``args``, in an environment of only ``env`` and what it needs to run."""
     environment = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "REDIS_URL": server.url,
         "PYTHON": sys.executable,
         "TMPDIR": str(tmp_path),
-        **(env or {}),
+        **env,
     }
     return subprocess.run(
         ["bash", str(script), "--spawn", *args],
@@ -140,27 +171,57 @@ def assert_run_dir_removed(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("p31-proof.*")), "the run directory was left behind"
 
 
+def write_env_file(tmp_path: Path, lines: str) -> Path:
+    """An env file as the service's: the shipped files' layout, with REDIS_URL commented out."""
+    path = tmp_path / "service.env"
+    path.write_text("# REDIS_URL=redis://localhost:6379/0\n" + lines, encoding="utf-8")
+    return path
+
+
+def plans_group(client: redis.Redis) -> tuple[str, int, list[str]]:
+    """Production's group on the plans stream: last delivered id, pending count, consumers."""
+    group = next(g for g in client.xinfo_groups(PLANS) if g["name"] == b"governor")
+    consumers = sorted(c["name"].decode() for c in client.xinfo_consumers(PLANS, "governor"))
+    return group["last-delivered-id"].decode(), int(group["pending"]), consumers
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(150)
-def test_step1_passes_every_case_and_leaves_redis_as_it_was(
-    proof_redis: RedisServer, seeded: redis.Redis, tmp_path: Path
+def test_step1_passes_every_case_with_the_connection_from_the_env_file_alone(
+    password_redis: RedisServer, seeded_with_password: redis.Redis, tmp_path: Path
 ) -> None:
-    before = snapshot(seeded)
-    result = run_proof(STEP1, proof_redis, tmp_path)
+    """No REDIS_URL anywhere: host, port and password come from the env file, to the helpers and the proposer."""
+    env_file = write_env_file(
+        tmp_path, f"REDIS_HOST=127.0.0.1\nREDIS_PORT={password_redis.port}\nREDIS_PASSWORD={PASSWORD}\n"
+    )
+    before = snapshot(seeded_with_password)
+    result = run_proof(STEP1, tmp_path, {}, "--env-file", str(env_file))
     assert_all_passed(result, STEP1_CASES)
-    assert snapshot(seeded) == before
+    assert snapshot(seeded_with_password) == before
     assert_run_dir_removed(tmp_path)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(150)
-def test_step2_passes_every_case_and_leaves_redis_as_it_was(
+def test_step2_passes_every_case_on_a_private_plans_stream_and_leaves_redis_as_it_was(
     proof_redis: RedisServer, seeded: redis.Redis, tmp_path: Path
 ) -> None:
+    """The env file names production's plans stream and group, as the shipped governor.env does; the spawned
+    governor must still use the run's own, so that production's undelivered plan stays undelivered."""
+    env_file = write_env_file(
+        tmp_path,
+        f"REDIS_HOST=127.0.0.1\nREDIS_PORT={proof_redis.port}\nSTREAM_PLANS={PLANS}\nGOV_GROUP=governor\n",
+    )
     before = snapshot(seeded)
-    result = run_proof(STEP2, proof_redis, tmp_path)
+    group_before = plans_group(seeded)
+    result = run_proof(STEP2, tmp_path, {}, "--env-file", str(env_file))
     assert_all_passed(result, STEP2_CASES)
-    assert snapshot(seeded) == before
+    assert plans_group(seeded) == group_before == (group_before[0], 0, ["prod-host"])
+    private = re.search(r"published 9 step 2 plans on (\S+):", result.stderr)
+    assert private is not None, result.stderr
+    assert re.fullmatch(re.escape(PLANS) + r"\.proof-[0-9a-f]{8}", private[1]), private[1]
+    assert seeded.xrange(PLANS, min=f"({group_before[0]}")  # the undelivered plan is still there, after the id
+    assert snapshot(seeded) == before  # the private stream and its .dlq are gone
     assert_run_dir_removed(tmp_path)
 
 
@@ -171,7 +232,7 @@ def test_step1_fails_when_the_proposer_does_not_behave_as_specified(
 ) -> None:
     """P31_MAX_MULT=1.2 reaches the spawned proposer: 0.9 gives 1.2, which the proof must report, and still clean up."""
     before = snapshot(seeded)
-    result = run_proof(STEP1, proof_redis, tmp_path, {"P31_MAX_MULT": "1.2"})
+    result = run_proof(STEP1, tmp_path, {"REDIS_URL": proof_redis.url, "P31_MAX_MULT": "1.2"})
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
     lines = result.stdout.splitlines()
@@ -193,9 +254,18 @@ def test_spawn_is_refused_where_the_spawned_proposer_would_touch_live_targets(
 ) -> None:
     seeded.hset("quantum:allocation:target:ETHUSDT", mapping={"target_usd": "1000"})
     before = snapshot(seeded)
-    result = run_proof(STEP1, proof_redis, tmp_path)
+    result = run_proof(STEP1, tmp_path, {"REDIS_URL": proof_redis.url})
     assert result.returncode == 2, result.stdout + result.stderr
     assert "refusing --spawn: 1 live allocation target(s) exist (e.g. ETHUSDT)" in result.stderr
     assert "spawned microservices" not in result.stderr  # refused before any daemon started
     assert snapshot(seeded) == before
+    assert_run_dir_removed(tmp_path)
+
+
+def test_an_env_file_that_cannot_be_read_is_a_usage_error_before_anything_starts(tmp_path: Path) -> None:
+    # A closed port: should the option be ignored, the run fails at once instead of reaching some Redis.
+    result = run_proof(STEP2, tmp_path, {"REDIS_URL": "redis://127.0.0.1:1/0"}, "--env-file", str(tmp_path / "x.env"))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"--env-file {tmp_path / 'x.env'}: not a readable file" in result.stderr
+    assert result.stdout == ""  # no run began: no title, no summary
     assert_run_dir_removed(tmp_path)
