@@ -18,6 +18,8 @@ from typing import Any, Literal, Self
 from urllib.parse import urlencode
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from microservices.devtools.server_process import ServerProcess
 
@@ -129,9 +131,12 @@ class RedisServer(ServerProcess):
 
     def _wait_until_up(self, deadline: float, timeout: float) -> Self:
         assert self._process is not None
+        # no retry: redis-py retries a refused password (an AuthenticationError is a ConnectionError) with backoff,
+        # which made a server started with requirepass take seconds to be seen answering
         probe = redis.Redis(
-            host="127.0.0.1", port=self.port, socket_timeout=1, socket_connect_timeout=1, **self._connection_options()
-        )
+            host="127.0.0.1", port=self.port, socket_timeout=1, socket_connect_timeout=1,
+            retry=Retry(NoBackoff(), 0), **self._connection_options(),
+        )  # fmt: skip
         try:
             while True:
                 if self._process.poll() is not None:
