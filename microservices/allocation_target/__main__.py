@@ -17,10 +17,14 @@ from microservices.core.redis_client import connect
 PROG = "allocation-target"
 
 
-def build(settings: ProposerSettings, _args: DaemonArgs) -> Service:
-    client = connect(settings, client_name=PROG)
+def make_metrics(settings: ProposerSettings) -> ProposerMetrics:
     metrics = ProposerMetrics(CollectorRegistry(), settings.metrics_max_symbols)
     metrics.loop_interval.set(settings.loop_interval_sec)
+    return metrics
+
+
+def build(settings: ProposerSettings, _args: DaemonArgs, metrics: ProposerMetrics) -> Service:
+    client = connect(settings, client_name=PROG)
     proposer = Proposer(client, settings, metrics)
     return Service(
         step=proposer.run_loop,
@@ -38,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog=PROG,
         description="P3.1 Step 1: propose, in shadow, an efficiency-scaled allocation target for every symbol.",
         settings_class=ProposerSettings,
+        metrics=make_metrics,
         build=build,
         argv=argv,
     )

@@ -9,9 +9,9 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
-from prometheus_client import CollectorRegistry, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, disable_created_metrics
 
 from microservices.core.http_server import HealthState, MetricsServer
 from microservices.core.logs import LOG_FORMATS, setup_logging
@@ -83,8 +83,22 @@ class Service:
     close: Callable[[], None] = field(default=lambda: None)
 
 
+class DaemonMetrics(Protocol):
+    """What start-up needs of a daemon's metrics: the registry to serve, and the counter of failed Redis calls."""
+
+    registry: CollectorRegistry
+    redis_errors: Counter
+
+
+M = TypeVar("M", bound=DaemonMetrics)
+
+
 def _build_once_redis_answers(
-    build: Callable[[S, DaemonArgs], Service], settings: S, args: DaemonArgs
+    build: Callable[[], Service],
+    settings: CommonSettings,
+    args: DaemonArgs,
+    health: HealthState,
+    metrics: DaemonMetrics,
 ) -> Service | int:
     """The service, or the exit status if it never came to be. Building sends nothing to a single Redis, but a Redis
     Cluster client asks the cluster for its slots as it is built: while the cluster cannot be reached this retries
@@ -97,9 +111,11 @@ def _build_once_redis_answers(
     try:
         while True:
             try:
-                return build(settings, args)
+                return build()
             except REDIS_ERRORS as exc:
                 failures += 1
+                health.mark_error(type(exc).__name__)
+                metrics.redis_errors.inc()
                 waited = time.monotonic() - started
                 if failures == 1:
                     log.warning(
@@ -120,10 +136,15 @@ def run_daemon(
     prog: str,
     description: str,
     settings_class: type[S],
-    build: Callable[[S, DaemonArgs], Service],
+    metrics: Callable[[S], M],
+    build: Callable[[S, DaemonArgs, M], Service],
     argv: Sequence[str] | None = None,
 ) -> int:
-    """Run a daemon to completion and return its exit status (78 for bad configuration)."""
+    """Run a daemon to completion and return its exit status (78 for bad configuration).
+
+    The metrics come first and are served from the start: a Redis Cluster client asks the cluster for its slots as
+    it is built, so while no node answers the service cannot be built, and meanwhile ``/metrics`` shows the failures
+    (and a last success of 0, which the alerts see) and ``/healthz`` answers 503 (SPEC §5: keep serving metrics)."""
     args = parse_args(prog, description, argv)
     setup_logging(args.log_level, args.log_format)
     try:
@@ -135,17 +156,26 @@ def run_daemon(
         return EX_CONFIG
     log.info("%s starting: Redis at %s; settings %s", prog, describe_target(settings), settings.as_environment())
     disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
-    service = _build_once_redis_answers(build, settings, args)
-    if isinstance(service, int):
-        return service
+    daemon_metrics = metrics(settings)
+    waiting = HealthState(prog, max_age_sec=1.0)  # never marked successful: 503 until the service takes over
     try:
-        server = MetricsServer(settings.metrics_addr, settings.metrics_port, service.registry, service.health).start()
+        server = MetricsServer(settings.metrics_addr, settings.metrics_port, daemon_metrics.registry, waiting).start()
     except OSError as exc:
         log.error("cannot serve metrics on %s:%d: %s", settings.metrics_addr, settings.metrics_port, exc)
-        service.close()
         return EX_SOFTWARE
     host, port = server.address
     log.info("serving /metrics and /healthz on http://%s:%d", host, port)
+    try:
+        service = _build_once_redis_answers(
+            lambda: build(settings, args, daemon_metrics), settings, args, waiting, daemon_metrics
+        )
+    except BaseException:
+        server.close()
+        raise
+    if isinstance(service, int):
+        server.close()
+        return service
+    server.serve(service.registry, service.health)
     runner = LoopRunner(
         step=service.step,
         ping=service.ping,

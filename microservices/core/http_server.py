@@ -165,6 +165,11 @@ class MetricsServer:
         self._thread.start()
         return self
 
+    def serve(self, registry: CollectorRegistry, health: HealthState) -> None:
+        """Answer from ``registry`` and ``health`` from now on: a daemon serves while it waits for Redis to be able
+        to build its service, then switches to the service's own (one attribute assignment: atomic for readers)."""
+        self._server.routes = _Routes(registry, health)
+
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()

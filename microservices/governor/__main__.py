@@ -17,9 +17,12 @@ from microservices.governor.settings import HEALTH_MAX_AGE_SEC, GovernorSettings
 PROG = "governor"
 
 
-def build(settings: GovernorSettings, args: DaemonArgs) -> Service:
+def make_metrics(settings: GovernorSettings) -> GovernorMetrics:
+    return GovernorMetrics(CollectorRegistry(), settings.mode, settings.metrics_max_symbols)
+
+
+def build(settings: GovernorSettings, args: DaemonArgs, metrics: GovernorMetrics) -> Service:
     client = connect(settings, client_name=PROG, socket_timeout=settings.socket_timeout_sec)
-    metrics = GovernorMetrics(CollectorRegistry(), settings.mode, settings.metrics_max_symbols)
     governor = Governor(client, settings, metrics)
     return Service(
         step=governor.drain if args.once else governor.poll,
@@ -37,6 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog=PROG,
         description="P3.1 Step 2: consume execution plans and write a permit, with a downsize hint, for each.",
         settings_class=GovernorSettings,
+        metrics=make_metrics,
         build=build,
         argv=argv,
     )

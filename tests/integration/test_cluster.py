@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ import pytest
 import redis
 from redis.typing import EncodableT
 
-from microservices.devtools.daemon_process import ROOT
+from microservices.devtools.daemon_process import ROOT, http_get, metric_value
 from microservices.devtools.redis_server import RedisServer, free_port
 from tests.daemons import daemon_env, run_once
 from tests.redis_util import stream_entries, text_hash
@@ -94,13 +95,26 @@ def test_daemon_waits_for_the_cluster_then_runs(tmp_path: Path) -> None:
             stderr=subprocess.STDOUT, cwd=ROOT,
         )  # fmt: skip
     try:
+        deadline = time.monotonic() + 20
+        while "serving /metrics" not in log_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        served = re.search(r"serving /metrics and /healthz on (http://\S+)", log_path.read_text())
+        assert served is not None, log_path.read_text()
+        base = served.group(1)
+        # waiting for the cluster, not crashed, and still answering (SPEC §5): 503, the failures counted, and a last
+        # success of 0 for the alerts to see
         time.sleep(1.0)
-        assert process.poll() is None, log_path.read_text()  # waiting, not crashed
+        assert process.poll() is None, log_path.read_text()
+        status, body = http_get(base + "/healthz")
+        assert status == 503 and json.loads(body)["last_error"] in ("RedisClusterException", "ConnectionError"), body
+        metrics = http_get(base + "/metrics")[1]
+        assert (metric_value(metrics, "p29_shadow_redis_errors_total") or 0) >= 1
+        assert metric_value(metrics, "p29_shadow_last_success_timestamp_seconds") == 0
         with RedisServer(cluster=True, port=port) as cluster:
             deadline = time.monotonic() + 20
-            while "serving /metrics" not in log_path.read_text() and time.monotonic() < deadline:
+            while http_get(base + "/healthz")[0] != 200 and time.monotonic() < deadline:
                 time.sleep(0.1)
-            assert "serving /metrics" in log_path.read_text()
+            assert http_get(base + "/healthz")[0] == 200, log_path.read_text()
             process.terminate()
             assert process.wait(timeout=5) == 0
             assert cluster.client().ping()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,19 @@ def test_start_up_names_the_redis_target_but_never_the_password() -> None:
         assert result.returncode == 0, result.stderr
         assert f"Redis at redis://127.0.0.1:{server.port}/0" in result.stderr
         assert "s3cret-pw" not in result.stderr
+
+
+@pytest.mark.parametrize("module", [MODULE, GOVERNOR])
+def test_a_metrics_port_already_taken_exits_70_without_touching_redis(
+    r: redis.Redis, redis_server: RedisServer, module: str
+) -> None:
+    """The metrics server starts before anything touches Redis: a port another process holds is a start-up failure
+    a restart may cure (70, EX_SOFTWARE, not 78), said in one line."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        before = _connections(r)
+        result = run_once(module, redis_server.url, {"METRICS_PORT": str(taken.getsockname()[1])})
+    assert result.returncode == 70, result.stderr
+    assert "cannot serve metrics on 127.0.0.1:" in result.stderr
+    assert _connections(r) == before
