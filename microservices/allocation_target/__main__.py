@@ -31,8 +31,6 @@ def build(settings: ProposerSettings, _args: DaemonArgs, metrics: ProposerMetric
         ping=client.ping,
         interval_sec=settings.loop_interval_sec,
         health=HealthState(PROG, settings.health_max_age_sec),
-        registry=metrics.registry,
-        on_redis_error=lambda _exc: metrics.redis_errors.inc(),
         close=client.close,
     )
 

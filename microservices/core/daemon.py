@@ -72,14 +72,13 @@ def parse_args(prog: str, description: str, argv: Sequence[str] | None) -> Daemo
 
 @dataclass
 class Service:
-    """What a daemon hands to the runner: its loop step, its health and metrics, and how to close it."""
+    """What a daemon hands to the runner once Redis answers: its loop step, its health, and how to close it (its
+    metrics come first, from the ``metrics`` factory of :func:`run_daemon`)."""
 
     step: Step
     ping: Callable[[], object]
     interval_sec: float
     health: HealthState
-    registry: CollectorRegistry
-    on_redis_error: Callable[[Exception], None]
     close: Callable[[], None] = field(default=lambda: None)
 
 
@@ -175,14 +174,14 @@ def run_daemon(
     if isinstance(service, int):
         server.close()
         return service
-    server.serve(service.registry, service.health)
+    server.serve(daemon_metrics.registry, service.health)
     runner = LoopRunner(
         step=service.step,
         ping=service.ping,
         interval_sec=service.interval_sec,
         health=service.health,
         backoff=reconnect_backoff(settings),
-        on_redis_error=service.on_redis_error,
+        on_redis_error=lambda _exc: daemon_metrics.redis_errors.inc(),
         once=args.once,
     )
     runner.install_signal_handlers()

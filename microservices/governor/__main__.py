@@ -29,8 +29,6 @@ def build(settings: GovernorSettings, args: DaemonArgs, metrics: GovernorMetrics
         ping=client.ping,
         interval_sec=0.0,
         health=HealthState(PROG, HEALTH_MAX_AGE_SEC),
-        registry=metrics.registry,
-        on_redis_error=lambda _exc: metrics.redis_errors.inc(),
         close=client.close,
     )
 
