@@ -41,6 +41,17 @@ from microservices.governor.settings import GovernorSettings
 
 log = logging.getLogger(__name__)
 
+
+def _abandon(tx: Pipeline) -> None:
+    """Give back a transaction's connection after a failure, dropping its WATCH by disconnecting rather than by the
+    ``UNWATCH`` redis-py's ``reset()`` sends: after a timeout that call waited a whole socket timeout more on a
+    paused or dead Redis (past SIGTERM's 5 s), and when it timed out too the connection never went back to the
+    pool. A closed connection holds no WATCH on the server, and the pool reconnects it on its next use."""
+    if tx.connection is not None:
+        tx.connection.disconnect()  # type: ignore[no-untyped-call]  # untyped upstream
+    tx.watching = False
+    tx.reset()
+
 #: Plans per read, and so per transaction.
 BATCH_SIZE = 200
 #: A batch whose watched keys keep changing under it is read and decided again at most this often in a row; after
@@ -351,9 +362,12 @@ class Governor:
             kill, reads = self._io.read(parsed, now)
             decided = self._hold_unwritable_dead_letters(self._io.decide(parsed, kill, reads, now))
             acked = self._write(decided, now, tx)
-        finally:
+        except BaseException:
             if tx is not None:
-                tx.reset()
+                _abandon(tx)
+            raise
+        if tx is not None:
+            tx.reset()
         return acked, self._clock()
 
     def _write(self, decided: Sequence[Decided], now: float, tx: Pipeline | None) -> list[Decided]:
