@@ -115,6 +115,8 @@ class Governor:
         #: Whether a pass delivers the plans again (the pass on start) or only reads them (a pass after a failure in
         #: this process): see :meth:`_next_pending`.
         self._redeliver_pending = True
+        #: Whether the pass on start has sent its XREADGROUP (whose delivery Redis counts, even if the reply is lost).
+        self._redelivery_sent = False
         #: A batch whose EXEC was sent and whose reply never came: see :meth:`_count_unconfirmed_write`.
         self._unconfirmed: list[Decided] = []
         self._pending_left_behind = False
@@ -176,8 +178,9 @@ class Governor:
 
     def _after_failure(self, exc: BaseException) -> None:
         """Whatever the batch in hand was, its plans are pending: read them again, from the start of the list. Once
-        the pass on start has delivered them again, later passes only read them (:meth:`_next_pending`)."""
-        if self._pending_cursor != FIRST_ID:
+        the pass on start has delivered them again (or sent the command to, the reply lost or not), later passes only
+        read them (:meth:`_next_pending`): a process delivers its pending plans again once, whatever fails after."""
+        if self._redelivery_sent:
             self._redeliver_pending = False
         self._pending_cursor = FIRST_ID
         if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
@@ -239,6 +242,7 @@ class Governor:
         pipe.xreadgroup(self._group, self._consumer, {self._stream: cursor}, count=self._batch)
         start = self._after(cursor)
         pipe.xpending_range(self._stream, self._group, start, "+", self._batch, consumername=self._consumer)
+        self._redelivery_sent = True
         read, pending = pipe.execute()
         counts = {_text(p["message_id"]): int(p["times_delivered"]) for p in pending}
         return _deliveries(read[0][1] if read else [], counts)

@@ -381,3 +381,35 @@ def test_a_loop_whose_every_write_is_refused_fails_while_a_key_of_the_wrong_type
         finally:
             accept_writes(client, "oom")
         assert proposer.run_loop(threading.Event()).proposed == {"missing_eff": 1}
+
+
+def test_a_start_pass_whose_reply_is_lost_delivers_again_only_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pass on start re-delivers this consumer's pending plans once per process. If its XREADGROUP ran but the
+    reply was lost, Redis counted the delivery all the same: a retry must not deliver (and count) again, or a few
+    lost replies make healthy plans max_deliveries dead letters."""
+    with RedisServer() as server:
+        client = server.client()
+        for i in range(3):
+            client.xadd(PLANS, {"plan_id": f"c{i}", "symbol": f"S{i}", "action": "CLOSE_LONG", "decision": "EXECUTE"})
+        client.xgroup_create(PLANS, "governor", id="0")
+        client.xreadgroup("governor", "g1", {PLANS: ">"})  # delivered once to g1, which then died
+        restarted, _ = governor(server.url, "g1")
+        redeliver = restarted._redeliver_own_pending
+        lost = iter(range(6))
+
+        def reply_lost(cursor: str) -> list[Any]:
+            delivered = redeliver(cursor)  # ran on the server: Redis counted the delivery
+            if next(lost, None) is not None:
+                raise redis.TimeoutError("Timeout reading from socket")
+            return delivered
+
+        monkeypatch.setattr(restarted, "_redeliver_own_pending", reply_lost)
+        with pytest.raises(redis.TimeoutError):
+            restarted.poll(threading.Event())
+        assert deliveries(client) == [2, 2, 2]  # once more, on start
+        for _ in range(6):  # more retries than GOV_MAX_DELIVERIES (5); each would have been lost had it delivered
+            restarted.poll(threading.Event())
+        assert client.xlen(PLANS + ".dlq") == 0
+        assert [(e["plan_id"], e["event"]) for e in stream_entries(client, EVENTS)] == [
+            ("c0", "permit"), ("c1", "permit"), ("c2", "permit")
+        ]  # fmt: skip
