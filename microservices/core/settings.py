@@ -134,7 +134,11 @@ def redis_url(value: str | None) -> str | None:
         return None
     if any(c.isspace() for c in value) or "#" in value:
         return "must not hold white space or '#' (an inline comment?); percent-encode them in a password"
-    if not value.startswith("unix://") and _URL_DB_PATH.fullmatch(urlsplit(value).path) is None:
+    try:
+        path = urlsplit(value).path
+    except ValueError:  # e.g. an unencoded [ or ] in a password reads as a broken IPv6 host
+        return "cannot be parsed as a URL; percent-encode / ? # @ : [ ] in a password"
+    if not value.startswith("unix://") and _URL_DB_PATH.fullmatch(path) is None:
         return "the path must be a database number such as /0"
     try:
         options = parse_url(value)

@@ -122,8 +122,15 @@ class PlanSpec:
                 "timestamp": self.timestamp if self.timestamp is not None else str(int(time.time())),
             }
         )
+        overriding = sorted(set(self.extra) & {_text(name) for name in values})
+        if overriding:
+            raise ValueError(f"extra fields may not replace named ones: {', '.join(overriding)}")
         values.update(self.extra)
         return values
+
+
+def _text(name: FieldT) -> str:
+    return name.decode() if isinstance(name, bytes) else str(name)
 
 
 def inject_plan(client: RedisClient, stream: str, plan: PlanSpec) -> str:

@@ -42,13 +42,17 @@ def run_inject_efficiency(ctx: Context) -> int:
     settings: CommonSettings = ctx.settings(CommonSettings)
     client = ctx.connect(settings)
     try:
+        # the live target first: when one exists already, nothing at all is written
+        live = (
+            None if args.target_usd is None else inject_live_target(client, args.symbol, args.target_usd, ttl_sec=ttl)
+        )
         written = {
             "efficiency_key": inject_efficiency(
                 client, args.symbol, score=args.score, confidence=args.confidence, ts=args.ts, ttl_sec=ttl
             )
         }
-        if args.target_usd is not None:
-            written["live_target_key"] = inject_live_target(client, args.symbol, args.target_usd, ttl_sec=ttl)
+        if live is not None:
+            written["live_target_key"] = live
     except LiveTargetExistsError as exc:
         raise UsageError(str(exc)) from exc
     finally:
@@ -84,6 +88,10 @@ def run_inject_plan(ctx: Context) -> int:
         timestamp=args.timestamp,
         extra=extra,
     )
+    try:
+        plan.fields()  # refused before connecting: a --field may not replace a named one (--field symbol=REAL...)
+    except ValueError as exc:
+        raise UsageError(f"--field: {exc}") from exc
     settings: GovernorSettings = ctx.settings(GovernorSettings)
     stream: str = args.stream or settings.plans_stream
     client = ctx.connect(settings)

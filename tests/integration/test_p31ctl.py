@@ -289,6 +289,13 @@ def test_injectors_write_only_for_test_symbols_and_never_over_a_live_target(
     assert text_hash(r, "quantum:allocation:target:BTCUSDT") == before[0]
     assert r.ttl("quantum:allocation:target:BTCUSDT") == -1
     assert r.xlen("quantum:stream:apply.plan") == 0
+    # nor through the back door of an extra field that replaces a named one
+    smuggled = p31ctl(redis_server.url, "inject-plan", "--plan-id", "x1", "--symbol", "P31TESTUSDT",
+                      "--field", "symbol=BTCUSDT")  # fmt: skip
+    assert smuggled.returncode == 64 and "may not replace named ones: symbol" in smuggled.stderr
+    assert r.xlen("quantum:stream:apply.plan") == 0
+    # and a refused live target leaves the efficiency hash untouched too
+    assert text_hash(r, "quantum:capital:efficiency:BTCUSDT") == before[1]
 
 
 @pytest.mark.slow

@@ -69,7 +69,7 @@ def test_secrets_never_appear() -> None:
     assert "hunter2" not in repr(settings.as_environment())
 
 
-@pytest.mark.parametrize("password", ["S3cr3t?p4ss", "S3cr3t/p4ss", "S3cr3t#p4ss"])
+@pytest.mark.parametrize("password", ["S3cr3t?p4ss", "S3cr3t/p4ss", "S3cr3t#p4ss", "S3cr3t[p4ss", "S3cr3t]p4ss"])
 def test_a_url_whose_password_breaks_the_parser_is_refused_without_quoting_it(password: str) -> None:
     """redis-py's parser quotes what it took for the port: with an unencoded ? / or # in the password, that is a
     piece of the password. The refusal (which p31ctl check-config prints as it is) must not show it."""
