@@ -47,6 +47,7 @@ class ProposerSettings(CommonSettings):
     metrics_port: int = setting("METRICS_PORT", 8065, "port of the /metrics and /healthz server", check=port)
 
     def cross_check(self) -> None:
+        super().cross_check()
         if self.min_mult > self.max_mult:
             raise ConfigError("P31_MIN_MULT", self.min_mult, f"must not exceed P31_MAX_MULT ({self.max_mult:g})")
 

@@ -332,3 +332,16 @@ class CommonSettings(Settings):
     min_conf: float = setting(
         "P31_MIN_CONF", 0.65, "an efficiency confidence below this is low_conf", check=probability
     )
+
+    def cross_check(self) -> None:
+        """A Redis Cluster has only database 0 and no unix socket: redis-py would refuse either while the client is
+        built, which the daemon would take for an unreachable cluster and retry for ever."""
+        if not self.redis_cluster:
+            return
+        if self.redis_url is not None:
+            if self.redis_url.startswith("unix://"):
+                raise ConfigError("REDIS_URL", self.redis_url, "unix:// cannot reach a Redis Cluster", secret=True)
+            if urlsplit(self.redis_url).path not in ("", "/", "/0"):
+                raise ConfigError("REDIS_URL", self.redis_url, "a Redis Cluster has database 0 only", secret=True)
+        elif self.redis_db != 0:
+            raise ConfigError("REDIS_DB", self.redis_db, "a Redis Cluster has database 0 only")

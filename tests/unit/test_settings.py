@@ -8,6 +8,7 @@ import pytest
 
 from microservices.allocation_target.settings import ProposerSettings
 from microservices.core.settings import ConfigError, environment, load_settings, read_env_file
+from microservices.governor.settings import GovernorSettings
 
 SPEC_DEFAULTS = {
     "P31_MIN_CONF": 0.65, "P31_STALE_SEC": 600.0, "P31_MIN_MULT": 0.5, "P31_MAX_MULT": 1.5, "P31_SCALE": 1.0,
@@ -119,3 +120,21 @@ def test_settings_are_frozen() -> None:
     settings = ProposerSettings()
     with pytest.raises(AttributeError):
         settings.min_conf = 0.1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"REDIS_URL": "redis://127.0.0.1:7000/1"}, "REDIS_URL"),
+        ({"REDIS_URL": "unix:///run/redis.sock"}, "REDIS_URL"),
+        ({"REDIS_DB": "2"}, "REDIS_DB"),
+    ],
+)
+def test_a_cluster_with_a_database_other_than_0_or_a_socket_is_refused(env: dict[str, str], variable: str) -> None:
+    """redis-py refuses these while building the cluster client, which the daemon would take for an unreachable
+    cluster and retry for ever: refused at start-up instead (exit 78)."""
+    for cls in (ProposerSettings, GovernorSettings):
+        with pytest.raises(ConfigError, match=variable):
+            load_settings(cls, {"REDIS_CLUSTER": "1", "GOV_CONSUMER": "c", **env})
+        load_settings(cls, {"GOV_CONSUMER": "c", **env})  # fine without a cluster
+    load_settings(ProposerSettings, {"REDIS_CLUSTER": "1", "REDIS_URL": "redis://127.0.0.1:7000/0"})
