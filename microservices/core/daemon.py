@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -12,11 +11,12 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, disable_created_metrics
+from redis.backoff import AbstractBackoff
 
 from microservices.core.http_server import HealthState, MetricsServer
 from microservices.core.logs import LOG_FORMATS, setup_logging
 from microservices.core.redis_client import REDIS_ERRORS, describe_target, reconnect_backoff
-from microservices.core.runner import EX_OK, EX_UNAVAILABLE, ONCE_UNAVAILABLE_AFTER_SEC, LoopRunner, Step
+from microservices.core.runner import EX_OK, EX_UNAVAILABLE, ONCE_UNAVAILABLE_AFTER_SEC, LoopRunner, Step, StopSignal
 from microservices.core.secrets import Redactor, secret_values
 from microservices.core.settings import EX_CONFIG, CommonSettings, ConfigError, environment, load_settings
 
@@ -94,40 +94,37 @@ M = TypeVar("M", bound=DaemonMetrics)
 
 def _build_once_redis_answers(
     build: Callable[[], Service],
-    settings: CommonSettings,
-    args: DaemonArgs,
+    *,
+    once: bool,
+    backoff: AbstractBackoff,
     health: HealthState,
     metrics: DaemonMetrics,
+    stop: threading.Event,
 ) -> Service | int:
     """The service, or the exit status if it never came to be. Building sends nothing to a single Redis, but a Redis
     Cluster client asks the cluster for its slots as it is built: while the cluster cannot be reached this retries
-    with the reconnect backoff, as the loop runner would. SIGTERM/SIGINT end the wait (exit 0); ``--once`` gives up
-    after 10 s (exit 69)."""
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
-    backoff = reconnect_backoff(settings)
+    with the reconnect backoff, as the loop runner would. A stop (SIGTERM/SIGINT) ends the wait (exit 0), and one
+    that came while the service was being built closes it again; ``--once`` gives up after 10 s (exit 69)."""
     started, failures = time.monotonic(), 0
-    try:
-        while True:
-            try:
-                return build()
-            except REDIS_ERRORS as exc:
-                failures += 1
-                health.mark_error(type(exc).__name__)
-                metrics.redis_errors.inc()
-                waited = time.monotonic() - started
-                if failures == 1:
-                    log.warning(
-                        "Redis cannot be reached to start (%s: %s); retrying with backoff", type(exc).__name__, exc
-                    )
-                if args.once and waited >= ONCE_UNAVAILABLE_AFTER_SEC:
-                    log.error("Redis unreachable for %.0fs in --once mode: giving up", waited)
-                    return EX_UNAVAILABLE
-            if stop.wait(backoff.compute(failures)):
-                return EX_OK
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    while not stop.is_set():
+        try:
+            service = build()
+        except REDIS_ERRORS as exc:
+            failures += 1
+            health.mark_error(type(exc).__name__)
+            metrics.redis_errors.inc()
+            waited = time.monotonic() - started
+            if failures == 1:
+                log.warning("Redis cannot be reached to start (%s: %s); retrying with backoff", type(exc).__name__, exc)
+            if once and waited >= ONCE_UNAVAILABLE_AFTER_SEC:
+                log.error("Redis unreachable for %.0fs in --once mode: giving up", waited)
+                return EX_UNAVAILABLE
+            stop.wait(backoff.compute(failures))
+            continue
+        if not stop.is_set():
+            return service
+        service.close()
+    return EX_OK
 
 
 def run_daemon(
@@ -146,6 +143,7 @@ def run_daemon(
     (and a last success of 0, which the alerts see) and ``/healthz`` answers 503 (SPEC §5: keep serving metrics)."""
     args = parse_args(prog, description, argv)
     setup_logging(args.log_level, args.log_format)
+    stop = StopSignal().install()  # from the start: a SIGTERM while starting up is kept, not lost
     try:
         env = environment(args.env_file)
         redact_logs(secret_values(env))
@@ -166,13 +164,20 @@ def run_daemon(
     log.info("serving /metrics and /healthz on http://%s:%d", host, port)
     try:
         service = _build_once_redis_answers(
-            lambda: build(settings, args, daemon_metrics), settings, args, waiting, daemon_metrics
+            lambda: build(settings, args, daemon_metrics),
+            once=args.once,
+            backoff=reconnect_backoff(settings),
+            health=waiting,
+            metrics=daemon_metrics,
+            stop=stop.event,
         )
     except BaseException:
         server.close()
         raise
     if isinstance(service, int):
         server.close()
+        if stop.stopped_by is not None:
+            log.info("received %s while starting; stopping", stop.stopped_by)
         return service
     server.serve(daemon_metrics.registry, service.health)
     runner = LoopRunner(
@@ -183,8 +188,8 @@ def run_daemon(
         backoff=reconnect_backoff(settings),
         on_redis_error=lambda _exc: daemon_metrics.redis_errors.inc(),
         once=args.once,
+        stop=stop,
     )
-    runner.install_signal_handlers()
     try:
         status = runner.run()
     finally:

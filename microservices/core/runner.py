@@ -32,6 +32,28 @@ OUTAGE_LOG_EVERY_SEC = 30.0
 Step = Callable[[threading.Event], object]
 
 
+class StopSignal:
+    """SIGTERM/SIGINT turned into an event the loop checks between batches. Installed once, as the process starts, so
+    that a signal during start-up (a Redis Cluster client can take a while to be built) is kept, not lost."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        #: The name of the signal that asked to stop, if one did.
+        self.stopped_by: str | None = None
+
+    def install(self) -> StopSignal:
+        def handle(signum: int, _frame: FrameType | None) -> None:
+            # Nothing here may fail or block: the handler runs between any two bytecodes of the main thread, which
+            # may be inside a write to stderr (logging from here raised "reentrant call" and lost the stop). The
+            # loop logs the signal once it sees the stop.
+            self.stopped_by = signal.Signals(signum).name
+            self.event.set()
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+        return self
+
+
 class LoopRunner:
     def __init__(
         self,
@@ -46,7 +68,9 @@ class LoopRunner:
         once: bool = False,
         unavailable_after_sec: float = ONCE_UNAVAILABLE_AFTER_SEC,
         clock: Callable[[], float] = time.monotonic,
+        stop: StopSignal | None = None,
     ) -> None:
+        self._stop = stop or StopSignal()
         self._step = step
         self._ping = ping
         self._interval = interval_sec
@@ -57,22 +81,16 @@ class LoopRunner:
         self._once = once
         self._unavailable_after = unavailable_after_sec
         self._clock = clock
-        self.stop_event = threading.Event()
-        #: The name of the signal that asked the loop to stop, if one did.
-        self.stopped_by: str | None = None
+        self.stop_event = self._stop.event
+
+    @property
+    def stopped_by(self) -> str | None:
+        """The name of the signal that asked the loop to stop, if one did."""
+        return self._stop.stopped_by
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT ask the loop to finish the batch in hand and return."""
-
-        def handle(signum: int, _frame: FrameType | None) -> None:
-            # Nothing here may fail or block: the handler runs between any two bytecodes of the main thread, which
-            # may be inside a write to stderr (logging from here raised "reentrant call" and lost the stop). The
-            # loop logs the signal once it sees the stop.
-            self.stopped_by = signal.Signals(signum).name
-            self.stop_event.set()
-
-        signal.signal(signal.SIGTERM, handle)
-        signal.signal(signal.SIGINT, handle)
+        self._stop.install()
 
     def stop(self) -> None:
         self.stop_event.set()

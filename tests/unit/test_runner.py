@@ -9,10 +9,13 @@ import threading
 
 import pytest
 import redis
+from prometheus_client import CollectorRegistry
 from redis.backoff import ConstantBackoff
 
+from microservices.allocation_target.metrics import ProposerMetrics
+from microservices.core.daemon import Service, _build_once_redis_answers
 from microservices.core.http_server import HealthState
-from microservices.core.runner import EX_OK, EX_UNAVAILABLE, LoopRunner
+from microservices.core.runner import EX_OK, EX_UNAVAILABLE, LoopRunner, StopSignal
 
 
 class RecordingNotifier:
@@ -155,3 +158,34 @@ def test_a_signal_during_a_write_to_stderr_still_stops_the_loop(monkeypatch: pyt
             signal.signal(sig, handler)
     assert runner.stop_event.is_set()
     assert runner.stopped_by == "SIGTERM"
+
+
+def test_a_stop_while_the_service_is_being_built_closes_it_and_exits_0() -> None:
+    """A SIGTERM that lands while the service is being built (a cluster client asks for its slots) must not be lost:
+    the service just built is closed again, and start-up ends with exit 0 instead of running until SIGKILL."""
+    stop = threading.Event()
+    closed: list[bool] = []
+
+    def build() -> Service:
+        stop.set()  # the signal handler ran during the build
+        return Service(step=lambda _s: None, ping=lambda: None, interval_sec=1.0, health=HealthState("t", 1.0),
+                       close=lambda: closed.append(True))  # fmt: skip
+
+    metrics = ProposerMetrics(CollectorRegistry(), 1)
+    outcome = _build_once_redis_answers(
+        build, once=False, backoff=ConstantBackoff(0), health=HealthState("t", 1.0), metrics=metrics, stop=stop
+    )
+    assert (outcome, closed) == (EX_OK, [True])
+
+
+def test_a_stop_signal_installed_at_start_is_the_one_the_runner_obeys() -> None:
+    stop = StopSignal()
+    runner, _, _ = make_runner(Script(), stop=stop)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    stop.install()
+    try:
+        signal.raise_signal(signal.SIGINT)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    assert runner.stop_event.is_set() and runner.stopped_by == "SIGINT"
