@@ -146,7 +146,7 @@ class Proposer:
                 decisions.append(decide(symbol, target, reading, self._params, now))
         return decisions
 
-    def write(self, proposals: Sequence[Proposal]) -> dict[str, Skip]:
+    def write(self, proposals: Sequence[Proposal], *, refusal_fails_loop: bool = True) -> dict[str, Skip]:
         """Write the batch's proposals; the symbols whose shadow hash could not be written, with why.
 
         One round trip runs :data:`WRITE_SHADOW_HASH` per symbol (the hash and its TTL, atomically), a second appends
@@ -170,7 +170,7 @@ class Proposer:
             # execute_command: redis-py's cluster pipeline has no eval(), but routes an EVAL by its key
             hashes.execute_command("EVAL", WRITE_SHADOW_HASH, 1, PROPOSED_KEY + raw, *args)
         replies = hashes.execute(raise_on_error=False)
-        refusal = _refused_by_the_server(replies)
+        refusal = _refused_by_the_server(replies) if refusal_fails_loop else None
         if refusal is not None:
             raise WritesRefusedError(f"Redis refused all {len(replies)} shadow writes of a batch: {refusal}")
         failed: dict[str, Skip] = {}
@@ -199,7 +199,10 @@ class Proposer:
                 summary.interrupted = True
                 break
             decisions = self.read_and_decide(batch, self._clock())
-            failed = self.write([d for d in decisions if isinstance(d, Proposal)])
+            # a loop that has written nothing yet fails when Redis refuses a whole batch (retried with backoff); once
+            # batches are written, a refused one is skipped as redis_error, so a retry never writes them twice
+            proposals = [d for d in decisions if isinstance(d, Proposal)]
+            failed = self.write(proposals, refusal_fails_loop=not summary.proposed)
             if failed:
                 decisions = [failed.get(d.symbol, d) for d in decisions]
             self._account(decisions, summary)

@@ -10,7 +10,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -20,6 +20,7 @@ import redis
 from prometheus_client import CollectorRegistry
 
 from microservices.allocation_target.metrics import ProposerMetrics
+from microservices.allocation_target.proposal import Proposal
 from microservices.allocation_target.proposer import Proposer, WritesRefusedError
 from microservices.allocation_target.settings import ProposerSettings
 from microservices.core.settings import load_settings
@@ -381,6 +382,31 @@ def test_a_loop_whose_every_write_is_refused_fails_while_a_key_of_the_wrong_type
         finally:
             accept_writes(client, "oom")
         assert proposer.run_loop(threading.Event()).proposed == {"missing_eff": 1}
+
+
+def test_a_batch_refused_after_others_were_written_is_skipped_not_written_again() -> None:
+    """Failing the loop is right only while it has written nothing: a retry would otherwise write (and count) the
+    earlier batches again. A later batch refused whole is skipped as redis_error and the loop ends normally."""
+    settings = load_settings(ProposerSettings, {})
+    with RedisServer() as server:
+        client = server.client()
+        for symbol in ("AUSDT", "BUSDT"):
+            hset_text(client, f"quantum:allocation:target:{symbol}", {"target_usd": "100"})
+        proposer = Proposer(client, settings, ProposerMetrics(CollectorRegistry(), 10), batch_size=1)
+        real_write = proposer.write
+
+        def refuse_second_batch(proposals: Sequence[Proposal], *, refusal_fails_loop: bool = True) -> dict[str, Any]:
+            if proposals[0].symbol == "BUSDT":
+                refuse_writes(client, "oom")
+            try:
+                return real_write(proposals, refusal_fails_loop=refusal_fails_loop)
+            finally:
+                accept_writes(client, "oom")
+
+        proposer.write = refuse_second_batch  # type: ignore[method-assign]
+        summary = proposer.run_loop(threading.Event())
+        assert (dict(summary.proposed), dict(summary.skipped)) == ({"missing_eff": 1}, {"redis_error": 1})
+        assert client.xlen(settings.stream_name) == 1
 
 
 def test_a_start_pass_whose_reply_is_lost_delivers_again_only_once(monkeypatch: pytest.MonkeyPatch) -> None:
