@@ -34,6 +34,8 @@ TOP_MOVERS = 5
 #: Width of a multiplier histogram bucket.
 BUCKET_WIDTH = 0.1
 HISTOGRAM_BAR = 40
+#: Most histogram rows; values beyond the last row's start fall into it.
+MAX_BUCKETS = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,16 +93,23 @@ def percentiles(values: Sequence[float]) -> tuple[float, float, float]:
 
 def _bucket_index(value: float) -> int:
     # round() first: 0.3 / 0.1 is 2.9999999999999996, and a multiplier written as %.4f is exact to 1e-4
-    return math.floor(round(value / BUCKET_WIDTH, 6))
+    return math.floor(min(round(value / BUCKET_WIDTH, 6), 1e15))
 
 
 def histogram(values: Sequence[float]) -> tuple[Bucket, ...]:
-    """Counts in buckets ``[k * 0.1, (k + 1) * 0.1)`` from the lowest value's bucket to the highest's, empty ones
-    included so that the shape reads right."""
-    counts = Counter(_bucket_index(v) for v in values)
-    low, high = min(counts), max(counts)
+    """Counts in buckets ``[k * 0.1, (k + 1) * 0.1)`` from the lowest value's bucket up, empty ones included so that
+    the shape reads right; at most :data:`MAX_BUCKETS`, the last one open-ended (a stray multiplier of 1e300 must not
+    make a bucket per tenth up to it)."""
+    low = min(_bucket_index(v) for v in values)
+    last = low + MAX_BUCKETS - 1
+    counts = Counter(min(_bucket_index(v), last) for v in values)
+    high = max(counts)
     return tuple(
-        Bucket(round(k * BUCKET_WIDTH, 6), round((k + 1) * BUCKET_WIDTH, 6), counts.get(k, 0))
+        Bucket(
+            round(k * BUCKET_WIDTH, 6),
+            math.inf if k == last and max(values) >= (last + 1) * BUCKET_WIDTH else round((k + 1) * BUCKET_WIDTH, 6),
+            counts.get(k, 0),
+        )
         for k in range(low, high + 1)
     )
 
@@ -337,6 +346,7 @@ def run_report(ctx: Context) -> int:
     settings: ProposerSettings = ctx.settings(ProposerSettings)
     client = ctx.connect(settings)
     now = time.time()
+    since_sec = min(since_sec, now)  # "--since 100000d" means everything the stream holds
     try:
         trimmed = trimmed_before(client, settings.stream_name)
         entries, unreadable = collect(read_window(client, settings.stream_name, now - since_sec))

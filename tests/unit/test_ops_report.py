@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from microservices.ops.report import (
+    MAX_BUCKETS,
     Bucket,
     ProposalEntry,
     build_report,
@@ -115,3 +118,13 @@ def test_a_stream_trimmed_inside_the_window_makes_the_report_say_it_is_partial()
     assert not whole.partial and whole.covered_from == 6_400.0
     assert "PARTIAL" not in render_report(whole, "1h")
     assert not build_report([], stream=STREAM, since_sec=3600, now=10_000.0).partial
+
+
+def test_a_stray_huge_multiplier_cannot_make_the_histogram_huge() -> None:
+    """One entry with multiplier 1e300 (any finite number parses) made a row per tenth up to it: the command hung."""
+    buckets = histogram([0.8, 1.0, 1.0, 1e300])
+    assert len(buckets) == MAX_BUCKETS
+    assert (buckets[0].low, buckets[0].count) == (0.8, 1)
+    assert (buckets[-1].high, buckets[-1].count) == (math.inf, 1)
+    assert sum(b.count for b in buckets) == 4
+    assert histogram([1.0, 1.4])[-1].high == 1.5  # no open end where nothing lies beyond the rows
