@@ -120,11 +120,13 @@ def _number(fields: Mapping[str, str], name: str) -> tuple[float | None, str | N
     return value, None
 
 
-def _quantity(fields: Mapping[str, str], name: str) -> tuple[float | None, str | None]:
-    """A size: :func:`_number`, and never negative. The direction is the plan's ``side``; a negative size is an
-    upstream bug, and a permit must not carry (or, in enforce mode, scale) a number that means nothing."""
+def _quantity(fields: Mapping[str, str], name: str, *, reducing: bool) -> tuple[float | None, str | None]:
+    """A size: :func:`_number`, and not negative for a plan that opens or grows a position. The direction is the
+    plan's ``side``: a negative size there is an upstream bug, and a permit must not carry (or, in enforce mode,
+    scale) a number that means nothing. A reducing plan keeps its number as published: it is never scaled, and a
+    close must never be held back by how its producer signs a size (some sign a short's)."""
     value, problem = _number(fields, name)
-    if value is not None and value < 0:
+    if value is not None and value < 0 and not reducing:
         return None, f"{name} {show_raw(fields[name])} is negative"
     return value, problem
 
@@ -146,10 +148,11 @@ def parse_plan(entry_id: str, fields: EntryFields) -> Plan | InvalidPlan:
         problem = _identifier_problem(name, text.get(name))
         if problem is not None:
             return InvalidPlan(entry_id, text, problem)
-    qty, qty_problem = _quantity(text, "qty")
-    notional, notional_problem = _quantity(text, "notional")
-    kill_score, kill_score_problem = _number(text, "kill_score")
     action = text.get("action", "")
+    reducing = is_reducing(action, text.get("reduceOnly", "").lower() in TRUE_FLAGS)
+    qty, qty_problem = _quantity(text, "qty", reducing=reducing)
+    notional, notional_problem = _quantity(text, "notional", reducing=reducing)
+    kill_score, kill_score_problem = _number(text, "kill_score")
     return Plan(
         entry_id=entry_id,
         published_at=entry_time(entry_id),
@@ -159,7 +162,7 @@ def parse_plan(entry_id: str, fields: EntryFields) -> Plan | InvalidPlan:
         decision=text.get("decision", ""),
         qty=qty or 0.0,
         notional=notional or 0.0,
-        reducing=is_reducing(action, text.get("reduceOnly", "").lower() in TRUE_FLAGS),
+        reducing=reducing,
         kill_score=kill_score,
         quantity_problem=qty_problem or notional_problem,
         kill_score_problem=kill_score_problem,

@@ -320,10 +320,10 @@ def check_permit(plan: Plan, outcome: Outcome, policy: Policy) -> None:
         assert (factor, extra) == (1.0, "0")
     qty, computed = plan.qty, permit["computed_qty"]
     assert isinstance(computed, float) and math.isfinite(computed)
-    assert qty >= 0  # a negative size is refused as a dead letter before any permit
-    if policy.mode == "enforce":  # scaled down, never beyond the plan's quantity
+    assert qty >= 0 or plan.reducing  # a negative size opening a position is a dead letter before any permit
+    if policy.mode == "enforce" and not plan.reducing:  # scaled down, never beyond the plan's quantity
         assert 0 <= computed <= qty
-    else:
+    else:  # hint and off modes, and any close: the plan's own number
         assert computed == qty
 
 

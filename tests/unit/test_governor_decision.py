@@ -138,6 +138,8 @@ def test_malformed_plans_are_invalid(fields: dict[str, str], problem: str) -> No
         ({"qty": "-8"}, "qty '-8' is negative", None),
         ({"notional": "-0.5"}, "notional '-0.5' is negative", None),
         ({"qty": "-0", "kill_score": "-1"}, None, None),  # -0 is 0; a negative kill_score is below any threshold
+        ({"qty": "-8", "action": "CLOSE_SHORT"}, None, None),  # a close keeps its number: never held back by a sign
+        ({"qty": "-8", "reduceOnly": "true"}, None, None),
         ({"kill_score": "inf"}, None, "kill_score 'inf' is not a finite number"),
         ({"qty": "", "kill_score": ""}, None, None),  # empty: absent
     ],
