@@ -52,6 +52,7 @@ def _abandon(tx: Pipeline) -> None:
     tx.watching = False
     tx.reset()
 
+
 #: Plans per read, and so per transaction.
 BATCH_SIZE = 200
 #: A batch whose watched keys keep changing under it is read and decided again at most this often in a row; after
