@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from microservices.core.daemon import DaemonArgs, Service, run_daemon
 from microservices.core.http_server import HealthState
-from microservices.core.redis_client import connect
+from microservices.core.redis_client import RedisClient, connect
 from microservices.governor.consumer import Governor
 from microservices.governor.metrics import GovernorMetrics
 from microservices.governor.settings import HEALTH_MAX_AGE_SEC, GovernorSettings
@@ -21,15 +21,22 @@ def make_metrics(settings: GovernorSettings) -> GovernorMetrics:
     return GovernorMetrics(CollectorRegistry(), settings.mode, settings.metrics_max_symbols)
 
 
+def _close(*clients: RedisClient) -> None:
+    for client in clients:
+        client.close()
+
+
 def build(settings: GovernorSettings, args: DaemonArgs, metrics: GovernorMetrics) -> Service:
-    client = connect(settings, client_name=PROG, socket_timeout=settings.socket_timeout_sec)
-    governor = Governor(client, settings, metrics)
+    client = connect(settings, client_name=PROG)
+    # the blocking read for new plans has a client of its own, with a socket timeout that outlasts the block
+    reader = connect(settings, client_name=PROG, socket_timeout=settings.socket_timeout_sec)
+    governor = Governor(client, settings, metrics, reader=reader)
     return Service(
         step=governor.drain if args.once else governor.poll,
         ping=client.ping,
         interval_sec=0.0,
         health=HealthState(PROG, HEALTH_MAX_AGE_SEC),
-        close=client.close,
+        close=lambda: _close(client, reader),
     )
 
 

@@ -98,8 +98,13 @@ class Governor:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         batch_size: int = BATCH_SIZE,
+        reader: RedisClient | None = None,
     ) -> None:
         self._client = client
+        #: The client of the blocking read for new plans, whose socket timeout must outlast the block; every other
+        #: call goes through ``client``, whose shorter timeout bounds how long a hung Redis holds a batch (and so a
+        #: SIGTERM) up. Defaults to ``client``.
+        self._reader = reader or client
         self._settings = settings
         self._metrics = metrics
         self._clock = clock
@@ -311,7 +316,7 @@ class Governor:
         return deliveries, next_cursor
 
     def _read_new(self, block_ms: int | None) -> list[Delivery]:
-        reply = self._client.xreadgroup(
+        reply = self._reader.xreadgroup(
             self._group, self._consumer, {self._stream: ">"}, count=self._batch, block=block_ms
         )
         return _deliveries(cast(Any, reply)[0][1]) if reply else []

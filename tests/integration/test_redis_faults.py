@@ -439,3 +439,32 @@ def test_a_start_pass_whose_reply_is_lost_delivers_again_only_once(monkeypatch: 
         assert [(e["plan_id"], e["event"]) for e in stream_entries(client, EVENTS)] == [
             ("c0", "permit"), ("c1", "permit"), ("c2", "permit")
         ]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_sigterm_while_redis_is_paused_mid_stream_exits_0_within_5s(tmp_path: Path) -> None:
+    """SPEC §5's 5 s hold while Redis hangs, whatever call is in flight: the blocking read has its own client (a
+    socket timeout that outlasts the block), every other call the 2 s one, and a failed transaction gives its
+    connection back without an UNWATCH (which waited a timeout more). It took up to 12 s with GOV_BLOCK_MS=5000."""
+    pause_ms = 6000  # past every socket timeout and reconnect, so that whatever is in flight fails
+    with RedisServer() as server:
+        client = server.client()
+        for trial, delay in enumerate((0.05, 0.6, 1.2)):
+            env = {"GOV_CONSUMER": f"g{trial}", "GOV_BLOCK_MS": "5000"}
+            governor = Daemon(GOVERNOR, daemon_env(server.url, env), tmp_path / f"governor{trial}.log")
+            producer = PlanProducer(server.port, symbols=SYMBOLS, seed=trial, pause=0.002, prefix=f"t{trial}-")
+            try:
+                governor.wait_for(lambda g=governor: healthz(g) == 200, what="healthy")  # type: ignore[misc]
+                producer.start()
+                time.sleep(0.5)  # plans flowing: batches in every stage when the pause lands
+                client.client_pause(pause_ms, all=True)
+                paused_until = time.monotonic() + pause_ms / 1000
+                time.sleep(delay)
+                code, took = governor.terminate(timeout=15)
+                assert code == 0 and took < 5.0, (delay, took, governor.log()[-2000:])
+                time.sleep(max(0.0, paused_until - time.monotonic()))
+                client.ping()  # answered once the pause is over
+            finally:
+                producer.stop()
+                governor.close()
