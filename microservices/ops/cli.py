@@ -15,7 +15,8 @@ import argparse
 import importlib
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NoReturn, TextIO, TypeVar
 
@@ -60,8 +61,14 @@ class Context:
         """``cls`` loaded as the daemons load it: ``--env-file`` overridden by the environment."""
         return load_settings(cls, environment(self.env_file))
 
-    def connect(self, settings: CommonSettings) -> RedisClient:
-        return connect(settings, client_name=PROG)
+    @contextmanager
+    def connect(self, settings: CommonSettings) -> Iterator[RedisClient]:
+        """A client for the configured Redis, closed when the block ends."""
+        client = connect(settings, client_name=PROG)
+        try:
+            yield client
+        finally:
+            client.close()
 
     def emit_json(self, document: object) -> None:
         json.dump(document, self.out, indent=2, sort_keys=False)

@@ -364,15 +364,12 @@ def run_explain(ctx: Context) -> int:
         explain_plan(symbol)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    client = ctx.connect(proposer)
-    try:
+    with ctx.connect(proposer) as client:
         facts, reply = read_facts(client, symbol)
         now = time.time()
         raws: Sequence[bytes] = [encode(symbol)]
         reading = efficiency_readings(client, raws, [reply], now, proposer.efficiency_policy)[0]
         governor_reading = efficiency_readings(client, raws, [reply], now, governor.efficiency_policy)[0]
-    finally:
-        client.close()
     explanation = build_explanation(
         symbol,
         facts=facts,

@@ -40,23 +40,21 @@ def run_inject_efficiency(ctx: Context) -> int:
     if ttl <= 0:
         raise UsageError("--ttl must be a positive number of seconds")
     settings: CommonSettings = ctx.settings(CommonSettings)
-    client = ctx.connect(settings)
     try:
-        # the live target first: when one exists already, nothing at all is written
-        live = (
-            None if args.target_usd is None else inject_live_target(client, args.symbol, args.target_usd, ttl_sec=ttl)
-        )
-        written = {
-            "efficiency_key": inject_efficiency(
-                client, args.symbol, score=args.score, confidence=args.confidence, ts=args.ts, ttl_sec=ttl
-            )
-        }
-        if live is not None:
-            written["live_target_key"] = live
+        with ctx.connect(settings) as client:
+            # the live target first: when one exists already, nothing at all is written
+            live = None
+            if args.target_usd is not None:
+                live = inject_live_target(client, args.symbol, args.target_usd, ttl_sec=ttl)
+            written = {
+                "efficiency_key": inject_efficiency(
+                    client, args.symbol, score=args.score, confidence=args.confidence, ts=args.ts, ttl_sec=ttl
+                )
+            }
     except LiveTargetExistsError as exc:
         raise UsageError(str(exc)) from exc
-    finally:
-        client.close()
+    if live is not None:
+        written["live_target_key"] = live
     if ctx.json:
         ctx.emit_json({"symbol": args.symbol, "ttl_sec": ttl, **written})
     else:
@@ -94,12 +92,9 @@ def run_inject_plan(ctx: Context) -> int:
         raise UsageError(f"--field: {exc}") from exc
     settings: GovernorSettings = ctx.settings(GovernorSettings)
     stream: str = args.stream or settings.plans_stream
-    client = ctx.connect(settings)
-    try:
+    with ctx.connect(settings) as client:
         entry_id = inject_plan(client, stream, plan)
         written: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(stream, entry_id, entry_id)  # type: ignore[assignment]
-    finally:
-        client.close()
     fields = {_text(k): _text(v) for k, v in written[0][1].items()} if written else {}
     if ctx.json:
         ctx.emit_json({"stream": stream, "entry_id": entry_id, "fields": fields})

@@ -344,14 +344,11 @@ def run_report(ctx: Context) -> int:
     except ValueError as exc:
         raise UsageError(f"--since: {exc}") from exc
     settings: ProposerSettings = ctx.settings(ProposerSettings)
-    client = ctx.connect(settings)
     now = time.time()
     since_sec = min(since_sec, now)  # "--since 100000d" means everything the stream holds
-    try:
+    with ctx.connect(settings) as client:
         trimmed = trimmed_before(client, settings.stream_name)
         entries, unreadable = collect(read_window(client, settings.stream_name, now - since_sec))
-    finally:
-        client.close()
     report = build_report(
         entries,
         stream=settings.stream_name,

@@ -140,8 +140,7 @@ def render_status(rows: Sequence[StatusRow]) -> str:
 
 def run_status(ctx: Context) -> int:
     settings: ProposerSettings = ctx.settings(ProposerSettings)
-    client = ctx.connect(settings)
-    try:
+    with ctx.connect(settings) as client:
         symbols = discover_symbols(client)
         wanted: list[str] | None = ctx.args.symbol
         missing: list[str] = []
@@ -151,8 +150,6 @@ def run_status(ctx: Context) -> int:
             symbols = [s for s in symbols if s in keep]
         now = time.time()
         rows = read_status(client, settings, symbols, now)
-    finally:
-        client.close()
     if ctx.json:
         ctx.emit_json(
             {
