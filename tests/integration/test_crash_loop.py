@@ -17,10 +17,11 @@ from typing import Any, cast
 import pytest
 import redis
 
+from microservices.devtools.plans import PLANS, PlanProducer, events_count, settled, stream_plan_set
 from microservices.devtools.redis_server import RedisServer
 from tests.daemons import Daemon, daemon_env, run_once
-from tests.fault_util import GOVERNOR, UNTRIMMED_EVENTS, PlanProducer, stream_plan_set
-from tests.integration.test_governor_delivery import PLANS, _events, _settled, assert_exactly_one_outcome_each
+from tests.fault_util import GOVERNOR, UNTRIMMED_EVENTS
+from tests.integration.test_governor_delivery import assert_exactly_one_outcome_each
 
 KILLS = 20
 #: Each life ends after a uniformly random delay in [0, MAX_LIFE_SEC] once the process serves /metrics.
@@ -111,10 +112,12 @@ def test_a_replica_killed_again_and_again_leaves_its_plans_to_the_survivor(tmp_p
                 finally:
                     victim.close()
             assert holds_plans(client, "gov-b"), "the replica never died with plans in hand"
-            events = _events(client)
-            survivor.wait_for(lambda: _events(client) > events + 100, timeout=30, what="plans after the last death")
+            events = events_count(client)
+            survivor.wait_for(
+                lambda: events_count(client) > events + 100, timeout=30, what="plans after the last death"
+            )
             producer.stop()
-            survivor.wait_for(lambda: _settled(client), timeout=60, what="every plan decided")
+            survivor.wait_for(lambda: settled(client), timeout=60, what="every plan decided")
             assert survivor.terminate()[0] == 0
         finally:
             survivor.close()

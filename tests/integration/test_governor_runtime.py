@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import redis
 
+from microservices.devtools.plans import PLANS, publish
 from microservices.devtools.redis_server import RedisServer, free_port
 from tests.daemons import Daemon, NotifySocket, assert_systemd_lifecycle, daemon_env, run_once
-from tests.integration.test_governor_delivery import PLANS, assert_exactly_one_outcome_each, publish
+from tests.integration.test_governor_delivery import assert_exactly_one_outcome_each
 
 MODULE = "microservices.governor"
 

@@ -24,6 +24,17 @@ from microservices.allocation_target.proposal import Proposal
 from microservices.allocation_target.proposer import Proposer, WritesRefusedError
 from microservices.allocation_target.settings import ProposerSettings
 from microservices.core.settings import load_settings
+from microservices.devtools.plans import (
+    DLQ,
+    EVENTS,
+    PLANS,
+    PlanProducer,
+    PlanSet,
+    entry_ms,
+    events_count,
+    settled,
+    stream_plan_set,
+)
 from microservices.devtools.redis_server import RedisServer, free_port
 from tests.daemons import Daemon, daemon_env
 from tests.fault_util import (
@@ -33,20 +44,9 @@ from tests.fault_util import (
     PROPOSER,
     UNTRIMMED_EVENTS,
     LogWindow,
-    PlanProducer,
-    entry_ms,
     metric_sum,
-    stream_plan_set,
 )
-from tests.integration.test_governor_delivery import (
-    DLQ,
-    EVENTS,
-    PLANS,
-    PlanSet,
-    _events,
-    _settled,
-    assert_exactly_one_outcome_each,
-)
+from tests.integration.test_governor_delivery import assert_exactly_one_outcome_each
 from tests.integration.test_governor_faults import governor, publish_mix, total
 from tests.redis_util import hset_text, stream_entries, text_hash
 
@@ -137,7 +137,7 @@ def test_redis_stopped_and_started_on_the_same_port_with_both_daemons_running(tm
         producer = PlanProducer(server.port, symbols=SYMBOLS, seed=random.randrange(10**6), pause=0.005)
         with both_daemons(server, tmp_path) as (governor, proposer):
             producer.start()
-            governor.wait_for(lambda: _events(client) >= 100, timeout=30, what="plans decided before the stop")
+            governor.wait_for(lambda: events_count(client) >= 100, timeout=30, what="plans decided before the stop")
             proposer.wait_for(lambda: healthz(proposer) == 200, what="the proposer healthy")
             client.close()
 
@@ -162,10 +162,10 @@ def test_redis_stopped_and_started_on_the_same_port_with_both_daemons_running(tm
             governor.wait_for(lambda: healthz(governor) == 200, timeout=10, what="the governor healthy again")
             shadow = text_hash(client, "quantum:allocation:target:proposed:S0")
             assert int(shadow["ts_epoch"]) >= back_ms // 1000 - 1  # rewritten since the restart
-            events_back = _events(client)
-            governor.wait_for(lambda: _events(client) >= events_back + 100, timeout=30, what="plans after")
+            events_back = events_count(client)
+            governor.wait_for(lambda: events_count(client) >= events_back + 100, timeout=30, what="plans after")
             producer.stop()
-            governor.wait_for(lambda: _settled(client), timeout=60, what="every plan decided")
+            governor.wait_for(lambda: settled(client), timeout=60, what="every plan decided")
             published = stream_plan_set(client)
             assert_metrics_match_the_outcomes(governor, client, published)
             assert governor.running and proposer.running  # never exited
@@ -192,7 +192,7 @@ def test_redis_paused_past_both_socket_timeouts_while_plans_flow(tmp_path: Path)
         producer = PlanProducer(server.port, symbols=SYMBOLS, seed=random.randrange(10**6), pause=0.005)
         with both_daemons(server, tmp_path) as (governor, proposer):
             producer.start()
-            governor.wait_for(lambda: _events(client) >= 50, timeout=30, what="plans decided")
+            governor.wait_for(lambda: events_count(client) >= 50, timeout=30, what="plans decided")
             for _ in range(3):  # at random instants of the flow: in a read, a batch, an EXEC, a proposer loop
                 time.sleep(random.uniform(0.2, 1.0))
                 errors = (
@@ -206,10 +206,10 @@ def test_redis_paused_past_both_socket_timeouts_while_plans_flow(tmp_path: Path)
                 # a lost EXEC, redis-py reconnects to send UNWATCH, which waits out the pause)
                 counted_more(governor, "quantum_govern_redis_errors_total", errors[0])
                 counted_more(proposer, "p29_shadow_redis_errors_total", errors[1])
-            events_after = _events(client)
-            governor.wait_for(lambda: _events(client) >= events_after + 50, timeout=30, what="plans after")
+            events_after = events_count(client)
+            governor.wait_for(lambda: events_count(client) >= events_after + 50, timeout=30, what="plans after")
             producer.stop()
-            governor.wait_for(lambda: _settled(client), timeout=60, what="every plan decided")
+            governor.wait_for(lambda: settled(client), timeout=60, what="every plan decided")
             published = stream_plan_set(client)
             assert_metrics_match_the_outcomes(governor, client, published)
             proposer.wait_for(lambda: healthz(proposer) == 200, timeout=10, what="the proposer healthy")
@@ -253,7 +253,7 @@ def test_writes_refused_for_a_burst_are_counted_logged_once_and_decided_after(fa
         producer = PlanProducer(server.port, symbols=SYMBOLS, seed=random.randrange(10**6), pause=0.01)
         with both_daemons(server, tmp_path) as (governor, proposer):
             producer.start()
-            governor.wait_for(lambda: _events(client) >= 50, timeout=30, what="plans decided")
+            governor.wait_for(lambda: events_count(client) >= 50, timeout=30, what="plans decided")
             proposer.wait_for(lambda: proposals_since(client, 0), what="proposals")
             errors = (
                 counter(governor, "quantum_govern_redis_errors_total"),
@@ -276,10 +276,12 @@ def test_writes_refused_for_a_burst_are_counted_logged_once_and_decided_after(fa
             accept_writes(client, fault)
 
             proposer.wait_for(lambda: proposals_since(client, back_ms), timeout=10, what="proposals resumed")
-            events_back = _events(client)
-            governor.wait_for(lambda: _events(client) >= events_back + IN_HAND + 20, timeout=30, what="plans after")
+            events_back = events_count(client)
+            governor.wait_for(
+                lambda: events_count(client) >= events_back + IN_HAND + 20, timeout=30, what="plans after"
+            )
             producer.stop()
-            governor.wait_for(lambda: _settled(client), timeout=60, what="every plan decided")
+            governor.wait_for(lambda: settled(client), timeout=60, what="every plan decided")
             published = stream_plan_set(client)
             assert_metrics_match_the_outcomes(governor, client, published)
             stop_cleanly(governor, proposer)
@@ -350,11 +352,11 @@ def test_an_exec_that_ran_but_whose_reply_was_lost_is_counted_once(monkeypatch: 
         monkeypatch.setattr(redis.client.Pipeline, "execute", execute_and_lose_the_reply)
         with pytest.raises(redis.ConnectionError):
             gov.poll(threading.Event())
-        assert _settled(client) and _events(client) == 3  # the EXEC ran
+        assert settled(client) and events_count(client) == 3  # the EXEC ran
         assert total(metrics.outcomes) == 0
         for _ in range(3):
             gov.poll(threading.Event())
-        assert _events(client) == 3
+        assert events_count(client) == 3
         assert total(metrics.outcomes) == 3
         assert total(metrics.eff_apply) == 2
         assert total(metrics.dead_letters) == 1

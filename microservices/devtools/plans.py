@@ -1,0 +1,262 @@
+"""Plans as the fault tests, the stop stress and the chaos run see them: a mix of plans published the way producers do,
+a producer that never gives up a plan, the plan stream as ground truth, and the check that every entry ended in exactly
+one outcome.
+
+:func:`outcome_violations` returns what is wrong as sentences instead of asserting, so a long run can report every
+violation it found; the tests assert that the list is empty.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from redis.typing import EncodableT
+
+from microservices.core.efficiency import EFFICIENCY_KEY_PREFIX
+from microservices.governor.records import BLOCK_KEY_PREFIX, EVENTS_STREAM, PERMIT_KEY_PREFIX
+
+PLANS = "quantum:stream:apply.plan"
+GROUP = "governor"
+EVENTS = EVENTS_STREAM
+DLQ = PLANS + ".dlq"
+#: How long a refused producer command waits before it is sent again: short, so that plans land as soon as Redis
+#: accepts writes again, ahead of a governor still in its reconnect backoff.
+RETRY_SEC = 0.01
+#: What a refused write looks like to a producer: Redis down or paused past the timeout, out of memory, a replica.
+REFUSED = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.OutOfMemoryError, redis.ReadOnlyError)
+
+
+def text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def stream_entries(client: redis.Redis, name: str) -> list[dict[str, str]]:
+    """Every entry of a stream, its fields as text."""
+    raw: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(name)  # type: ignore[assignment]
+    return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in raw]
+
+
+def entry_ms(entry_id: bytes | str) -> int:
+    """The time part of a stream entry id, in epoch milliseconds."""
+    return int(text(entry_id).split("-", 1)[0])
+
+
+@dataclass
+class PlanSet:
+    """What was published: each entry's id and plan_id ("" for none), and which entries republish a plan_id."""
+
+    entries: dict[str, str] = field(default_factory=dict)
+    republished: set[str] = field(default_factory=set)
+
+    def __add__(self, other: PlanSet) -> PlanSet:
+        return PlanSet({**self.entries, **other.entries}, self.republished | other.republished)
+
+
+def seed_efficiency(client: redis.Redis, symbols: int, rng: random.Random, now: float | None = None) -> None:
+    """An efficiency reading for symbols ``S0``..: scores across the downsize threshold, all fresh and confident."""
+    now = time.time() if now is None else now
+    for i in range(symbols):
+        score = f"{rng.choice([0.0, 0.2, 0.44, 0.7, 0.95]):.2f}"
+        client.hset(
+            f"{EFFICIENCY_KEY_PREFIX}S{i}", mapping={"efficiency_score": score, "confidence": "0.9", "ts": str(now)}
+        )
+
+
+def plan_fields(
+    rng: random.Random, index: int, kind: float, *, symbols: int, prefix: str
+) -> dict[EncodableT, EncodableT]:
+    """One plan of the mix: a quarter of the actions close; ``kind`` (uniform in [0, 1)) below 0.1 makes it a HOLD."""
+    return {
+        "plan_id": f"{prefix}{index}",
+        "symbol": f"S{rng.randrange(symbols)}",
+        "action": rng.choice(["OPEN_LONG", "OPEN_SHORT", "OPEN_LONG", "CLOSE_LONG"]),
+        "decision": "EXECUTE" if kind > 0.1 else "HOLD",
+        "qty": f"{rng.randint(1, 100)}",
+    }
+
+
+def publish(
+    client: redis.Redis,
+    count: int,
+    *,
+    symbols: int,
+    seed: int,
+    prefix: str = "p",
+    pause: float | None = 0.0,
+    stop: threading.Event | None = None,
+) -> PlanSet:
+    """``count`` entries over symbols ``S0``..: mostly EXECUTE plans (a quarter of them closing), some HOLD, some
+    without plan_id (3 %), and some republished plan_ids (3 %); each XADD on its own, as producers do. ``pause`` is
+    the wait before each XADD; ``stop`` ends the run early."""
+    rng = random.Random(seed)
+    seed_efficiency(client, symbols, rng)
+    published = PlanSet()
+    plan_ids: list[str] = []
+    for i in range(count):
+        if stop is not None and stop.is_set():
+            break
+        if pause:
+            time.sleep(pause)
+        kind = rng.random()
+        fields = plan_fields(rng, i, kind, symbols=symbols, prefix=prefix)
+        if kind < 0.03:
+            del fields["plan_id"]
+        elif kind < 0.06 and plan_ids:
+            fields["plan_id"] = rng.choice(plan_ids)
+        entry_id = text(client.xadd(PLANS, fields))
+        published.entries[entry_id] = str(fields.get("plan_id", ""))
+        if kind < 0.03:
+            continue
+        if kind < 0.06 and plan_ids:
+            published.republished.add(entry_id)
+        else:
+            plan_ids.append(str(fields["plan_id"]))
+    return published
+
+
+def events_count(client: redis.Redis) -> int:
+    return int(client.xlen(EVENTS)) if client.exists(EVENTS) else 0
+
+
+def settled(client: redis.Redis) -> bool:
+    """Every entry of the stream delivered to the group and acknowledged."""
+    groups = client.xinfo_groups(PLANS) if client.exists(PLANS) else []
+    group = next((g for g in groups if g["name"] == GROUP.encode()), None)
+    return bool(group and group["pending"] == 0 and group["lag"] == 0)
+
+
+def stream_plan_set(client: redis.Redis) -> PlanSet:
+    """What the plan stream holds, entry by entry: the set every outcome is judged against. Built from the stream, not
+    from what a producer meant to send, because a retried XADD whose first reply was lost lands twice (the second
+    copy is then a republished plan_id, which the governor must handle as such)."""
+    raw: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(PLANS)  # type: ignore[assignment]
+    found = PlanSet()
+    seen: set[str] = set()
+    for entry_id, fields in raw:
+        plan_id = fields.get(b"plan_id", b"").decode()
+        found.entries[entry_id.decode()] = plan_id
+        if plan_id and plan_id in seen:
+            found.republished.add(entry_id.decode())
+        seen.add(plan_id)
+    return found
+
+
+def outcome_violations(client: redis.Redis, published: PlanSet) -> tuple[list[str], Counter[str]]:
+    """What breaks SPEC §3's delivery guarantee, and the events by kind. Every entry has exactly one event, except a
+    republished plan_id whose plan was permitted before (acknowledged only); no plan_id has two permits; permits and
+    blocks have their records; each entry without a plan_id is dead-lettered once; nothing is pending."""
+    problems: list[str] = []
+    events = stream_entries(client, EVENTS)
+    per_entry = Counter(e["source_id"] for e in events)
+    twice = {entry: n for entry, n in per_entry.items() if n > 1}
+    if twice:
+        problems.append(f"entries with more than one outcome: {sorted(twice.items())[:10]}")
+    missing = set(published.entries) - set(per_entry) - published.republished
+    if missing:
+        problems.append(f"{len(missing)} entries with no outcome: {sorted(missing)[:10]}")
+    unknown = set(per_entry) - set(published.entries)
+    if unknown:
+        problems.append(f"{len(unknown)} outcomes of entries never published: {sorted(unknown)[:10]}")
+    permits = Counter(e["plan_id"] for e in events if e["event"] == "permit")
+    doubled = sorted(p for p, n in permits.items() if n > 1)
+    if doubled:
+        problems.append(f"plans with two permit events: {doubled[:10]}")
+    for entry in sorted(published.republished - set(per_entry)):  # acknowledged only: its plan_id was permitted
+        if permits[published.entries[entry]] != 1:
+            problems.append(f"republished entry {entry} acknowledged without outcome, yet its plan has no permit")
+    for e in events:
+        if e["event"] == "permit":
+            permit = json.loads(client.get(PERMIT_KEY_PREFIX + e["plan_id"]) or "null")
+            if permit is None or permit.get("plan_id") != e["plan_id"]:
+                problems.append(f"permit event of {e['plan_id']} without its permit")
+        elif e["event"] == "block" and not client.exists(BLOCK_KEY_PREFIX + e["plan_id"]):
+            problems.append(f"block event of {e['plan_id']} without its block record")
+    invalid = sorted(entry for entry, plan_id in published.entries.items() if not plan_id)
+    dead = sorted(d["source_id"] for d in stream_entries(client, DLQ))
+    if dead != invalid:
+        problems.append(f"dead letters {dead[:10]} are not the {len(invalid)} entries without plan_id {invalid[:10]}")
+    kinds = Counter(e["event"] for e in events)
+    if kinds["dead_letter"] != len(invalid):
+        problems.append(f"{kinds['dead_letter']} dead_letter events for {len(invalid)} entries without plan_id")
+    groups = client.xinfo_groups(PLANS) if client.exists(PLANS) else []
+    group = next((g for g in groups if g["name"] == GROUP.encode()), None)
+    if group is None or (group["pending"], group["lag"]) != (0, 0):
+        state = None if group is None else (group["pending"], group["lag"])
+        problems.append(f"the group has not settled: (pending, lag) = {state}")
+    return problems, kinds
+
+
+class ProducerStoppedError(Exception):
+    """The producer was asked to stop; raised out of its next command."""
+
+
+class PatientRedis(redis.Redis):
+    """A producer's client: every command is sent again until Redis accepts it, as a producer that must not drop a plan
+    does, every ``RETRY_SEC`` (redis-py's own retries are off: their backoff would delay the plans' landing). It has no
+    socket timeout, so a paused Redis is waited for rather than written to twice."""
+
+    def __init__(self, port: int, stop: threading.Event, host: str = "127.0.0.1", password: str | None = None) -> None:
+        super().__init__(
+            host=host, port=port, password=password, protocol=2, socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)
+        )
+        self._stop = stop
+        self.refused = 0
+        #: The id of every XADD Redis acknowledged: what it must still hold after any fault.
+        self.accepted: list[str] = []
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        while True:
+            if self._stop.is_set():
+                raise ProducerStoppedError
+            try:
+                reply = super().execute_command(*args, **options)  # type: ignore[no-untyped-call]  # untyped upstream
+            except REFUSED:
+                self.refused += 1
+                time.sleep(RETRY_SEC)
+                continue
+            if args[0] == "XADD":
+                self.accepted.append(reply.decode())
+            return reply
+
+
+class PlanProducer:
+    """A thread publishing :func:`publish`'s mix of plans over ``symbols`` symbols, one XADD every ``pause`` seconds,
+    until :meth:`stop`."""
+
+    def __init__(self, port: int, *, symbols: int, seed: int, pause: float, prefix: str = "p") -> None:
+        self._stop = threading.Event()
+        self.client = PatientRedis(port, self._stop)
+        self._args = (symbols, seed, pause, prefix)
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="plan-producer", daemon=True)
+
+    def _run(self) -> None:
+        symbols, seed, pause, prefix = self._args
+        try:
+            publish(self.client, 10**9, symbols=symbols, seed=seed, prefix=prefix, pause=pause)
+        except ProducerStoppedError:
+            pass
+        except BaseException as exc:  # reported by stop(): a producer that died would make the test vacuous
+            self.error = exc
+
+    def start(self) -> PlanProducer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        self.client.close()
+        if self.error is not None:
+            raise RuntimeError(f"the producer failed: {self.error!r}") from self.error
+        if self._thread.is_alive():
+            raise RuntimeError("the producer did not stop")
