@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import subprocess
 import sys
 import threading
 
@@ -16,6 +17,7 @@ from microservices.allocation_target.metrics import ProposerMetrics
 from microservices.core.daemon import Service, _build_once_redis_answers
 from microservices.core.http_server import HealthState
 from microservices.core.runner import EX_OK, EX_UNAVAILABLE, LoopRunner, StopSignal
+from microservices.devtools.daemon_process import ROOT
 
 
 class RecordingNotifier:
@@ -144,19 +146,18 @@ def test_a_signal_during_a_write_to_stderr_still_stops_the_loop(monkeypatch: pyt
         def flush(self) -> None:
             pass
 
-    runner, _, _ = make_runner(Script())
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    runner.install_signal_handlers()
+    stop = StopSignal()
+    runner, _, _ = make_runner(Script(), stop=stop)
+    stop.install()
     monkeypatch.setattr(sys, "stderr", BusyStderr())
     busy = logging.StreamHandler()  # writes to the busy stderr if anything logs
     logging.getLogger().addHandler(busy)
     try:
         signal.raise_signal(signal.SIGTERM)
+        assert runner.stop_event.wait(5)
     finally:
         logging.getLogger().removeHandler(busy)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    assert runner.stop_event.is_set()
+        stop.uninstall()
     assert runner.stopped_by == "SIGTERM"
 
 
@@ -181,11 +182,46 @@ def test_a_stop_while_the_service_is_being_built_closes_it_and_exits_0() -> None
 def test_a_stop_signal_installed_at_start_is_the_one_the_runner_obeys() -> None:
     stop = StopSignal()
     runner, _, _ = make_runner(Script(), stop=stop)
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     stop.install()
     try:
         signal.raise_signal(signal.SIGINT)
+        assert runner.stop_event.wait(5)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    assert runner.stop_event.is_set() and runner.stopped_by == "SIGINT"
+        stop.uninstall()
+    assert runner.stopped_by == "SIGINT"
+
+
+def test_uninstall_hands_the_signals_and_the_wakeup_descriptor_back() -> None:
+    previous = {sig: signal.getsignal(sig) for sig in StopSignal.SIGNALS}
+    stop = StopSignal().install()
+    assert signal.getsignal(signal.SIGTERM) is not previous[signal.SIGTERM]
+    stop.uninstall()
+    assert {sig: signal.getsignal(sig) for sig in StopSignal.SIGNALS} == previous
+    assert signal.set_wakeup_fd(-1) == -1  # none was left installed
+
+
+#: The hang of issue 10, made certain: the signal lands while the main thread holds the stop event's own lock, as it
+#: does inside ``Event.wait`` between two reads. A handler that sets the event itself waits for that lock forever.
+_SIGNAL_WHILE_THE_EVENT_LOCK_IS_HELD = """
+import os, signal
+from microservices.core.runner import StopSignal
+stop = StopSignal().install()
+with stop.event._cond:  # what Event.wait holds around its check of the flag
+    os.kill(os.getpid(), signal.SIGTERM)
+    for _ in range(100_000):  # bytecodes: the Python-level handler runs here, under the lock
+        pass
+print("stopped" if stop.event.wait(5) else "not stopped", stop.stopped_by, flush=True)
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_signal_while_the_main_thread_holds_the_stop_events_lock_stops_instead_of_hanging(sig: str) -> None:
+    script = _SIGNAL_WHILE_THE_EVENT_LOCK_IS_HELD.replace("SIGTERM", sig)
+    process = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        out, _ = process.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()  # the old handler: deaf to every further SIGTERM, only SIGKILL ends it
+        process.communicate()
+        pytest.fail(f"a {sig} delivered while the main thread held the event's lock hung the process")
+    assert (process.returncode, out.split()) == (0, ["stopped", sig])
