@@ -38,7 +38,6 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import redis
@@ -49,74 +48,18 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 from microservices.allocation_target.proposal import LIVE_TARGET_PREFIX, TARGET_FIELD
 from microservices.core.efficiency import EFFICIENCY_KEY_PREFIX
 from microservices.devtools.daemon_process import DaemonFailedError, DaemonProcess, http_get, metric_value
+from microservices.devtools.procstats import MB, Check, Sample, sample, verdict
 from microservices.devtools.redis_server import RedisServer
 
 PROPOSER = "microservices.allocation_target"
 GOVERNOR = "microservices.governor"
 PLANS_STREAM = "quantum:stream:apply.plan"
-#: Open descriptors a sample may show beyond the baseline without counting as growth: the scrape connection.
-FD_SLACK = 1
 #: How often the metrics are polled while waiting for the next sample, seconds.
 POLL_SEC = 0.1
-MB = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Sample:
-    work: int
-    rss_bytes: int
-    fds: int
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    passed: bool
-    detail: str
-
-    def line(self) -> str:
-        return f"{'PASS' if self.passed else 'MISS'} {self.name}: {self.detail}"
 
 
 class RunFailedError(RuntimeError):
     """The soak could not be carried out (not a MISS: there is nothing to judge)."""
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RunFailedError(f"no VmRSS for process {pid}")
-
-
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def sample(pid: int, work: int) -> Sample:
-    return Sample(work, rss_bytes(pid), open_fds(pid))
-
-
-def verdict(label: str, samples: list[Sample], total: int, warmup: float, max_growth_mb: float) -> list[Check]:
-    """The memory and descriptor checks of one daemon's samples (see the module docstring)."""
-    if not samples:
-        raise RunFailedError(f"{label}: no samples")
-    after = [s for s in samples if s.work >= warmup * total] or samples[-1:]
-    base, last = after[0], samples[-1]
-    peak = max(s.rss_bytes for s in after)
-    growth_mb = (last.rss_bytes - base.rss_bytes) / MB
-    memory = Check(
-        f"{label} memory flat",
-        growth_mb < max_growth_mb,
-        f"growth {growth_mb:+.2f} MB after warm-up ({base.work}: {base.rss_bytes / MB:.1f} MB -> {last.work}: "
-        f"{last.rss_bytes / MB:.1f} MB; peak {peak / MB:.1f} MB), limit {max_growth_mb:g} MB",
-    )
-    fds = Check(
-        f"{label} file descriptors steady",
-        last.fds <= base.fds + FD_SLACK,
-        f"{base.fds} after warm-up -> {last.fds} at the end (max {max(s.fds for s in after)}), slack {FD_SLACK}",
-    )
-    return [memory, fds]
 
 
 def print_sample(unit: str, s: Sample, started: float) -> None:
