@@ -16,9 +16,10 @@ from redis.backoff import AbstractBackoff
 from microservices.core.http_server import HealthState, MetricsServer
 from microservices.core.logs import LOG_FORMATS, setup_logging
 from microservices.core.redis_client import REDIS_ERRORS, describe_target, reconnect_backoff
-from microservices.core.runner import EX_OK, EX_UNAVAILABLE, ONCE_UNAVAILABLE_AFTER_SEC, LoopRunner, Step, StopSignal
+from microservices.core.runner import EX_OK, EX_UNAVAILABLE, ONCE_UNAVAILABLE_AFTER_SEC, LoopRunner, Step
 from microservices.core.secrets import Redactor, secret_values
 from microservices.core.settings import EX_CONFIG, CommonSettings, ConfigError, environment, load_settings
+from microservices.core.stop_signal import StopSignal
 
 log = logging.getLogger(__name__)
 
@@ -134,16 +135,17 @@ def run_daemon(
     settings_class: type[S],
     metrics: Callable[[S], M],
     build: Callable[[S, DaemonArgs, M], Service],
+    stop: StopSignal,
     argv: Sequence[str] | None = None,
 ) -> int:
-    """Run a daemon to completion and return its exit status (78 for bad configuration).
+    """Run a daemon to completion and return its exit status (78 for bad configuration). ``stop`` is the process's
+    stop signal, installed by its ``main`` before anything else (:mod:`microservices.core.stop_signal`).
 
     The metrics come first and are served from the start: a Redis Cluster client asks the cluster for its slots as
     it is built, so while no node answers the service cannot be built, and meanwhile ``/metrics`` shows the failures
     (and a last success of 0, which the alerts see) and ``/healthz`` answers 503 (SPEC §5: keep serving metrics)."""
     args = parse_args(prog, description, argv)
     setup_logging(args.log_level, args.log_format)
-    stop = StopSignal().install()  # from the start: a SIGTERM while starting up is kept, not lost
     try:
         env = environment(args.env_file)
         redact_logs(secret_values(env))

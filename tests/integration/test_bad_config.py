@@ -28,11 +28,12 @@ from pathlib import Path
 
 import pytest
 
-from microservices.allocation_target.__main__ import main as proposer_main
+from microservices.allocation_target.service import run as run_proposer
 from microservices.allocation_target.settings import ProposerSettings
 from microservices.core.settings import EX_CONFIG, Settings, env_fields, load_settings
+from microservices.core.stop_signal import StopSignal
 from microservices.devtools.daemon_process import ROOT
-from microservices.governor.__main__ import main as governor_main
+from microservices.governor.service import run as run_governor
 from microservices.governor.settings import GovernorSettings
 
 PROPOSER, GOVERNOR = "microservices.allocation_target", "microservices.governor"
@@ -56,7 +57,8 @@ SPEC_VARIABLES = {
     GOVERNOR: set(SPEC_CONNECTION + SPEC_BOTH + SPEC_GOVERNOR),
 }
 SETTINGS: dict[str, type[Settings]] = {PROPOSER: ProposerSettings, GOVERNOR: GovernorSettings}
-MAINS: dict[str, Callable[[Sequence[str] | None], int]] = {PROPOSER: proposer_main, GOVERNOR: governor_main}
+#: Each daemon's run, in process, with a stop signal that is never installed (bad configuration stops it first).
+RUNS: dict[str, Callable[[Sequence[str] | None, StopSignal], int]] = {PROPOSER: run_proposer, GOVERNOR: run_governor}
 
 # --- the bad values: {PORT} is the listener's port -------------------------------------------------------------------
 
@@ -294,7 +296,7 @@ def test_bad_value_stops_main_with_78_and_one_line_before_redis(
     for name, value in environ.items():
         monkeypatch.setenv(name, value)
     before = listener.accepted
-    status = MAINS[case.module](argv)
+    status = RUNS[case.module](argv, StopSignal())
     err = capsys.readouterr().err
     assert status == EX_CONFIG, err
     assert_one_line_naming(err, case.variable)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from microservices.allocation_target.__main__ import make_metrics
+from microservices.allocation_target.service import make_metrics
 from microservices.allocation_target.settings import ProposerSettings
 from microservices.core.settings import load_settings
 from microservices.devtools.promql import (

@@ -16,7 +16,8 @@ from redis.backoff import ConstantBackoff
 from microservices.allocation_target.metrics import ProposerMetrics
 from microservices.core.daemon import Service, _build_once_redis_answers
 from microservices.core.http_server import HealthState
-from microservices.core.runner import EX_OK, EX_UNAVAILABLE, LoopRunner, StopSignal
+from microservices.core.runner import EX_OK, EX_UNAVAILABLE, LoopRunner
+from microservices.core.stop_signal import StopSignal
 from microservices.devtools.daemon_process import ROOT
 
 
@@ -204,7 +205,7 @@ def test_uninstall_hands_the_signals_and_the_wakeup_descriptor_back() -> None:
 #: does inside ``Event.wait`` between two reads. A handler that sets the event itself waits for that lock forever.
 _SIGNAL_WHILE_THE_EVENT_LOCK_IS_HELD = """
 import os, signal
-from microservices.core.runner import StopSignal
+from microservices.core.stop_signal import StopSignal
 stop = StopSignal().install()
 with stop.event._cond:  # what Event.wait holds around its check of the flag
     os.kill(os.getpid(), signal.SIGTERM)
