@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test lint unit bench bench-governor soak clean
+.PHONY: demo test lint unit bench bench-governor soak stop-stress clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ bench-governor: $(INSTALLED)
 
 soak: $(INSTALLED)
 	$(BIN)/python scripts/soak.py
+
+stop-stress: $(INSTALLED)
+	$(BIN)/python scripts/stop_stress.py $(STOP_STRESS_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

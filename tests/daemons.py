@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from microservices.devtools.daemon_process import ROOT, DaemonProcess
-
-
-def daemon_env(redis_url: str | None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """A clean environment: nothing of the developer's shell leaks into the daemon's settings."""
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(ROOT), "METRICS_PORT": "0"}
-    if redis_url is not None:
-        env["REDIS_URL"] = redis_url
-    env.update(extra or {})
-    return env
+from microservices.devtools.daemon_process import ROOT, DaemonProcess, daemon_env
 
 
 def run_once(
@@ -35,8 +25,9 @@ def run_once(
     )
 
 
-#: The daemon-as-a-process helper is shared with the demo.
+#: The daemon-as-a-process helper and its clean environment are shared with the demo and the scripts.
 Daemon = DaemonProcess
+__all__ = ["Daemon", "NotifySocket", "assert_systemd_lifecycle", "daemon_env", "run_once"]
 
 
 class NotifySocket:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -14,6 +15,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 #: The line the daemons log once their HTTP server listens (SPEC §5); the port is read from it.
 _SERVING = re.compile(r"serving /metrics and /healthz on http://([\d.:\[\]a-f]+):(\d+)")
+
+
+def daemon_env(redis_url: str | None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A clean environment for a daemon run from this checkout: nothing of the caller's shell leaks into its settings;
+    its metrics on a free port."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(ROOT), "METRICS_PORT": "0"}
+    if redis_url is not None:
+        env["REDIS_URL"] = redis_url
+    env.update(extra or {})
+    return env
 
 
 class DaemonFailedError(RuntimeError):
