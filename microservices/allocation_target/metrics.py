@@ -7,6 +7,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from microservices.allocation_target.proposal import SkipReason
 from microservices.core.efficiency import EffReason
 from microservices.core.symbol_metrics import SymbolSeries
+from microservices.core.version import register_build_info
 
 LOOP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0)
 
@@ -41,6 +42,7 @@ class ProposerMetrics:
             "p29_shadow_loop_interval_seconds", "Configured time between loop starts (LOOP_INTERVAL_SEC)",
             registry=registry,
         )  # fmt: skip
+        self.build_info = register_build_info(registry)
         for reason in EffReason:
             self.proposed.labels(reason.value)
         for skip in SkipReason:

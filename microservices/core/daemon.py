@@ -20,6 +20,7 @@ from microservices.core.runner import EX_OK, EX_UNAVAILABLE, ONCE_UNAVAILABLE_AF
 from microservices.core.secrets import Redactor, secret_values
 from microservices.core.settings import EX_CONFIG, CommonSettings, ConfigError, environment, load_settings
 from microservices.core.stop_signal import StopSignal
+from microservices.core.version import build_info
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ def parse_args(prog: str, description: str, argv: Sequence[str] | None) -> Daemo
         "--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
     )
     parser.add_argument("--log-format", default="text", choices=LOG_FORMATS)
+    parser.add_argument("--version", action="version", version=f"{prog} {build_info().describe()}")
     ns = parser.parse_args(argv)
     return DaemonArgs(once=ns.once, env_file=ns.env_file, log_level=ns.log_level, log_format=ns.log_format)
 
@@ -153,7 +155,10 @@ def run_daemon(
     except ConfigError as exc:
         log.error("%s", exc)
         return EX_CONFIG
-    log.info("%s starting: Redis at %s; settings %s", prog, describe_target(settings), settings.as_environment())
+    log.info(
+        "%s %s starting: Redis at %s; settings %s",
+        prog, build_info().describe(), describe_target(settings), settings.as_environment(),
+    )  # fmt: skip
     disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
     daemon_metrics = metrics(settings)
     waiting = HealthState(prog, max_age_sec=1.0)  # never marked successful: 503 until the service takes over

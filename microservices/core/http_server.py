@@ -16,6 +16,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from microservices.core.version import build_info
+
 log = logging.getLogger(__name__)
 
 
@@ -46,6 +48,7 @@ class HealthState:
         with self._lock:
             last, error = self._last_success, self._last_error
         age = None if last is None else now - last
+        build = build_info()
         healthy = age is not None and age < self.max_age_sec
         body: dict[str, Any] = {
             "status": "ok" if healthy else "unhealthy",
@@ -53,6 +56,9 @@ class HealthState:
             "last_success_ts": last,
             "last_success_age_sec": None if age is None else round(age, 3),
             "max_age_sec": self.max_age_sec,
+            # which build answers: an operator checking an upgrade or a rollback sees it here
+            "version": build.version,
+            "commit": build.commit,
         }
         if error is not None:
             body["last_error"] = error

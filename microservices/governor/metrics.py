@@ -11,6 +11,7 @@ from prometheus_client import Counter as CounterMetric
 
 from microservices.core.efficiency import EffReason
 from microservices.core.symbol_metrics import RecentSymbols, label_text
+from microservices.core.version import register_build_info
 from microservices.governor.decision import BLOCK_REASONS, DEAD_LETTER_REASONS, Event, Reason
 from microservices.governor.downsize import DISABLED, REDUCE_ONLY, EffAction
 from microservices.governor.settings import Mode
@@ -105,6 +106,7 @@ class GovernorMetrics:
             "quantum_govern_last_success_timestamp_seconds", "End of the last successful read or batch, epoch",
             registry=registry,
         )  # fmt: skip
+        self.build_info = register_build_info(registry)
         for action, reason in eff_apply_labels(mode):
             self.eff_apply.labels(action, reason)
         for event, outcome_reason in OUTCOME_LABELS:

@@ -24,6 +24,7 @@ from redis.exceptions import ResponseError
 
 from microservices.core.redis_client import REDIS_ERRORS, RedisClient, connect, describe_target
 from microservices.core.settings import EX_CONFIG, CommonSettings, ConfigError, environment, load_settings
+from microservices.core.version import build_info
 
 PROG = "p31ctl"
 S = TypeVar("S", bound=CommonSettings)
@@ -103,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         "test-data injection. Exit status: 0 ok, 64 usage, 69 Redis unreachable, 78 bad configuration.",
         parents=[common],
     )
+    parser.add_argument("--version", action="version", version=f"{PROG} {build_info().describe()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
 
     status = sub.add_parser(
