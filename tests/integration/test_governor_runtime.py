@@ -17,6 +17,36 @@ from tests.integration.test_governor_delivery import assert_exactly_one_outcome_
 MODULE = "microservices.governor"
 
 
+@pytest.mark.slow
+def test_a_notify_socket_nobody_reads_neither_stalls_the_governor_nor_keeps_it_from_stopping(
+    r: redis.Redis, redis_server: RedisServer, tmp_path: Path, notify: NotifySocket
+) -> None:
+    """Issue 10's hang: a WATCHDOG=1 after each of hundreds of reads filled the notify socket's queue (its reader, a
+    busy PID 1 or this test's socket, not reading), and the next blocking sendto stopped the governor for good: plans
+    undecided, no log line, SIGTERM handled yet never obeyed. Plans published one at a time make one read each."""
+    env = daemon_env(redis_server.url, {"GOV_CONSUMER": "g1", "GOV_SYMBOL_COOLDOWN_SECONDS": "0",
+                                        "NOTIFY_SOCKET": str(notify.path)})  # fmt: skip
+    daemon = Daemon(MODULE, env, tmp_path / "governor.log")
+    try:
+        for i in range(1000):  # nothing reads the notify socket meanwhile
+            r.xadd(PLANS, {"plan_id": f"t{i}", "symbol": f"S{i}", "action": "OPEN_LONG", "decision": "EXECUTE"})
+            time.sleep(0.002)
+        daemon.wait_for(lambda: r.xpending(PLANS, "governor")["pending"] == 0 and _lag(r) == 0, timeout=30,
+                        what="every plan decided")  # fmt: skip
+        assert r.xlen("quantum:stream:governor.events") == 1000
+        code, took = daemon.terminate()
+        assert (code, took < 5) == (0, True), daemon.log()[-2000:]
+    finally:
+        daemon.close()
+    messages = notify.collect()
+    assert messages[0] == "READY=1" and messages[-1] == "STOPPING=1"
+    assert 1 <= messages.count("WATCHDOG=1") < 100  # at most one a second, not one per read
+
+
+def _lag(r: redis.Redis) -> int:
+    return int(next(g for g in r.xinfo_groups(PLANS) if g["name"] == b"governor")["lag"] or 0)
+
+
 def test_governor_serves_metrics_and_health_notifies_systemd_and_stops_on_sigterm_while_blocked(
     r: redis.Redis, redis_server: RedisServer, tmp_path: Path, notify: NotifySocket
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from microservices.core import http_server
 from microservices.core.http_server import HealthState, MetricsServer
 from microservices.core.logs import JsonFormatter, LogThrottle
 from microservices.core.symbol_metrics import SymbolSeries, label_text
-from microservices.core.systemd import SystemdNotifier
+from microservices.core.systemd import WATCHDOG_EVERY_SEC, SystemdNotifier
 
 
 class FakeClock:
@@ -63,6 +64,79 @@ def test_notifier_supports_the_abstract_namespace() -> None:
         sock.settimeout(1)
         SystemdNotifier("@p31-test-notify").ready()
         assert sock.recv(100) == b"READY=1"
+
+
+class SteppingClock:
+    """A monotonic clock that moves ``step`` seconds at every reading."""
+
+    def __init__(self, step: float) -> None:
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def _received(sock: socket.socket) -> list[bytes]:
+    sock.setblocking(False)
+    got = []
+    while True:
+        try:
+            got.append(sock.recv(100))
+        except BlockingIOError:
+            return got
+
+
+def test_a_notify_socket_nobody_reads_never_blocks_the_loop(tmp_path: Path) -> None:
+    """Issue 10: the kernel queues a few hundred datagrams; a blocking sendto to a full queue waited for ever, and the
+    governor with it, deaf to SIGTERM."""
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))  # bound, never read while the notifier sends: a stalled PID 1, or a test's socket
+        notifier = SystemdNotifier(str(path), clock=SteppingClock(step=2.0))
+
+        def ping_until_one_is_dropped() -> None:
+            for _ in range(100_000):
+                notifier.watchdog()
+                if notifier.dropped:
+                    return
+
+        sender = threading.Thread(target=ping_until_one_is_dropped, daemon=True)
+        sender.start()
+        sender.join(timeout=30)
+        assert not sender.is_alive(), "WATCHDOG=1 blocked on a full notify queue"
+        assert notifier.dropped == 1
+        received = _received(sock)
+        assert len(received) > 5 and set(received) == {b"WATCHDOG=1"}
+
+
+def test_ready_waits_a_moment_for_room_then_gives_up_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        notifier = SystemdNotifier(str(path), clock=SteppingClock(step=0.3))
+        while notifier.notify("WATCHDOG=1"):  # fill the queue
+            pass
+        notifier.ready()
+        assert notifier.dropped == 2
+        assert "'READY=1' dropped" in caplog.text
+        assert b"READY=1" not in _received(sock)
+
+
+def test_watchdog_pings_at_most_once_a_second_however_fast_the_loop(tmp_path: Path) -> None:
+    path = tmp_path / "notify"
+    clock = SteppingClock(step=0.0)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        notifier = SystemdNotifier(str(path), clock=clock)
+        for _ in range(5):
+            notifier.watchdog()
+        clock.now += WATCHDOG_EVERY_SEC
+        notifier.watchdog()
+        notifier.watchdog()
+        assert _received(sock) == [b"WATCHDOG=1", b"WATCHDOG=1"]
 
 
 def test_notifier_without_socket_is_a_no_op() -> None:
