@@ -27,8 +27,8 @@ from microservices.devtools.daemon_process import ROOT
 from microservices.governor.settings import MAX_READ_BLOCK_MS, GovernorSettings
 
 UNIT_DIR = ROOT / "deploy" / "systemd"
-#: The installed layout on the VPS: the checkout's venv, the env files, the dedicated user and group.
-VENV_BIN = PurePosixPath("/opt/quantum/p31/.venv/bin")
+#: The installed layout on the VPS (deploy/install.sh): the current release's venv, the env files, the user and group.
+VENV_BIN = PurePosixPath("/opt/quantum/p31/current/.venv/bin")
 ENV_DIR = PurePosixPath("/etc/quantum/p31")
 INSTALLED_UNIT_DIR = PurePosixPath("/etc/systemd/system")
 SERVICE_USER = "quantum-p31"
