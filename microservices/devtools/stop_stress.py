@@ -6,7 +6,8 @@ systemd counts as a clean stop), sleeps a uniformly random delay in ``[0, life]`
 daemon must exit 0 within 5 s. ``life`` spans what the daemon does in that time: loading its modules, serving
 metrics, connecting, creating the consumer group, re-reading its own pending plans, claiming a dead consumer's,
 deciding batches (with ``WATCH`` retries when a contender touches a watched key), blocking reads, and backoff while
-Redis refuses it. Each trial draws which of those it sets up.
+Redis refuses it; and, as under a PID 1 too busy to read, a ``NOTIFY_SOCKET`` whose queue is full (which stalled the
+daemons for good before issue 10's fix). Each trial draws which of those it sets up.
 
 Then **nothing is lost**: for the governor, a ``--once`` run under the same consumer name decides whatever is left,
 and every entry of the stream must have exactly one outcome (:func:`~microservices.devtools.plans.outcome_violations`);
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -27,7 +29,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,9 +55,11 @@ PROPOSER = "microservices.allocation_target"
 EXIT_WITHIN_SEC = 5.0
 #: The consumer name of the governor under test (and of the ``--once`` run that finishes its work).
 CONSUMER = "stress"
+#: The daemon under test connects as this ACL user, which an outage switches off; everything else is the default user.
+DAEMON_USER, DAEMON_PASSWORD = "stressed", "stress-password"
 #: What a governor trial may set up before or during the daemon's life.
-GOVERNOR_SETUPS = ("pending", "claim", "contention", "outage", "trickle")
-PROPOSER_SETUPS = ("outage", "slow-loop")
+GOVERNOR_SETUPS = ("pending", "claim", "contention", "outage", "trickle", "notify-full")
+PROPOSER_SETUPS = ("outage", "slow-loop", "notify-full")
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,10 @@ def _prepare_proposer(client: redis.Redis, trial: Trial) -> None:
     pipe.execute()
 
 
+def _as_daemon(url: str) -> str:
+    return url.replace("redis://", f"redis://{DAEMON_USER}:{DAEMON_PASSWORD}@", 1)
+
+
 def _daemon_settings(trial: Trial) -> dict[str, str]:
     common = {"REDIS_BACKOFF_MAX_SEC": "1"}
     if trial.module == PROPOSER:
@@ -165,7 +173,7 @@ def _daemon_settings(trial: Trial) -> dict[str, str]:
 class _Disturbance:
     """What runs beside the daemon during a trial: a trickle of new plans, a contender that touches the kill switch
     (a watched key: the governor's EXEC is refused and the batch decided again), an outage in which Redis refuses the
-    daemon (a password it does not know, its connections killed) so that it backs off."""
+    daemon (its ACL user switched off, its connections killed) so that it backs off while the others carry on."""
 
     def __init__(self, server: RedisServer, trial: Trial, rng: random.Random) -> None:
         self._server = server
@@ -198,10 +206,10 @@ class _Disturbance:
                 while not self._stop.wait(0.02):
                     client.set("quantum:kill", "0")  # disengaged either way; only the write matters
             elif name == "outage" and not self._stop.wait(self._outage_at):
-                client.config_set("requirepass", "stress-outage")
-                client.client_kill_filter(_type="normal", skipme=True)
+                client.acl_setuser(DAEMON_USER, enabled=False)  # its password refused from now on
+                client.client_kill_filter(user=DAEMON_USER)
                 self._stop.wait(self._outage_for)
-                client.config_set("requirepass", "")
+                client.acl_setuser(DAEMON_USER, enabled=True)
         except ProducerStoppedError:
             pass
         except BaseException as exc:  # reported by the trial: a disturbance that died proves nothing
@@ -211,6 +219,18 @@ class _Disturbance:
 
 
 # --- a trial -------------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _full_notify_socket(path: Path) -> Iterator[str]:
+    """A ``NOTIFY_SOCKET`` bound but never read, its queue already full: systemd's socket while PID 1 is busy."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
+        receiver.bind(str(path))
+        with suppress(BlockingIOError):
+            while True:  # a socket per datagram, as the daemons send: one sender's own buffer would fill first
+                with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+                    sender.sendto(b"WATCHDOG=1", socket.MSG_DONTWAIT, str(path))
+        yield str(path)
 
 
 @contextmanager
@@ -237,9 +257,15 @@ def run_trial(trial: Trial, work_dir: Path) -> TrialResult:
         else:
             _prepare_proposer(client, trial)
         live_before = _live_targets(client)
-        env = daemon_env(server.url, _daemon_settings(trial))
+        client.acl_setuser(DAEMON_USER, enabled=True, passwords=[f"+{DAEMON_PASSWORD}"], keys=["*"], channels=["*"],
+                           commands=["+@all"])  # fmt: skip
+        env = daemon_env(_as_daemon(server.url), _daemon_settings(trial))
         problems: list[str] = []
-        with _Disturbance(server, trial, rng) as disturbance, _spawned(trial.module, env, log_path) as process:
+        with ExitStack() as stack:
+            if "notify-full" in trial.setups:
+                env["NOTIFY_SOCKET"] = stack.enter_context(_full_notify_socket(work_dir / f"notify-{trial.index}"))
+            disturbance = stack.enter_context(_Disturbance(server, trial, rng))
+            process = stack.enter_context(_spawned(trial.module, env, log_path))
             deadline = time.monotonic() + 10
             while not catches_sigterm(process.pid):
                 if process.poll() is not None or time.monotonic() > deadline:
@@ -258,7 +284,6 @@ def run_trial(trial: Trial, work_dir: Path) -> TrialResult:
             problems.append(f"exit status {exit_code} after {trial.signal}, not 0")
         if disturbance.error is not None:
             problems.append(f"the disturbance failed: {disturbance.error}")
-        client.config_set("requirepass", "")  # should the signal have come in the middle of an outage
         if trial.module == GOVERNOR:
             problems += _governor_lost(server, client, work_dir / f"trial-{trial.index}-drain.log")
         else:
