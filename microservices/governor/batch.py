@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 from redis.client import Pipeline
@@ -34,6 +34,7 @@ from microservices.governor.records import (
     block_json,
     block_key,
     dead_letter_fields,
+    entry_outcome_key,
     event_args,
     marker_key,
     permit_json,
@@ -76,11 +77,16 @@ class PlanReads:
     permit_exists: bool = False
     reading: EfficiencyReading | None = None
     gate: GateState | None = None
+    #: The entry was acknowledged since it was delivered here: another consumer holding it too decided it.
+    acknowledged: bool = False
 
     def redelivered(self, entry_id: str) -> str | None:
-        """Why this very entry counts as decided already (a re-delivery after its outcome was written), or None."""
+        """Why this very entry counts as decided already (a re-delivery after its outcome was written, or an entry
+        another consumer decided while this one held it too), or None."""
         if self.marker is not None and self.marker.entry_id == entry_id:
             return f"this entry was decided already ({self.marker.event} {self.marker.reason})"
+        if self.acknowledged:
+            return "this entry was decided already, by another consumer that held it too"
         return None
 
     @property
@@ -109,6 +115,17 @@ class Decided:
     @property
     def writes_marker(self) -> bool:
         return self.outcome.event is not None and not self.permitted_before
+
+    @property
+    def record_key(self) -> str | None:
+        """The marker key its outcome's transaction writes, naming its entry: the plan_id's, or, when that must keep
+        naming the permit granted before, the entry's own; None for an acknowledgement only. Every transaction that
+        records an event so changes a key that another consumer deciding the same entry has watched."""
+        if self.outcome.event is None:
+            return None
+        if self.writes_marker:
+            return marker_key(self.plan)
+        return entry_outcome_key(self.delivery.entry_id)
 
 
 def gate_key(symbol: str) -> str:
@@ -229,6 +246,38 @@ class BatchIO:
                 found[i] = (marker, True, gate)
         return found
 
+    def settle_shared_entries(
+        self, parsed: Sequence[Parsed], reads: Sequence[PlanReads], watch: Callable[..., object]
+    ) -> list[PlanReads]:
+        """Whether entries whose plan_id's marker names another entry were decided meanwhile, with their entry
+        markers watched from now on (single Redis only; ``watch`` is the transaction's ``WATCH``).
+
+        Two consumers can hold one entry: one claimed it from the other, which was slow but not dead. Whichever
+        decides second must find it decided. The plan_id's marker tells, unless it names another entry: the plan_id
+        was published again and a later entry's outcome replaced it, or it keeps naming the permit of an earlier one.
+        For those entries (rare: a plan_id published twice) one more round trip asks Redis whether each is still
+        pending: one no longer pending was acknowledged, by a transaction that recorded its outcome. A transaction
+        that lands after this read changes a watched key (the plan_id's marker, or the entry's own, which it writes
+        when the plan_id's must keep naming a permit: :attr:`Decided.record_key`), so this batch's EXEC does nothing
+        and it is decided again."""
+        shared = [
+            i
+            for i, ((delivery, plan), read) in enumerate(zip(parsed, reads, strict=True))
+            if isinstance(plan, Plan) and read.marker is not None and read.marker.entry_id != delivery.entry_id
+        ]
+        if not shared:
+            return list(reads)
+        entry_ids = [parsed[i][0].entry_id for i in shared]
+        watch(*[entry_outcome_key(entry_id) for entry_id in entry_ids])
+        pipe = self._client.pipeline(transaction=False)
+        for entry_id in entry_ids:
+            pipe.xpending_range(self._settings.plans_stream, self._settings.group, entry_id, entry_id, 1)
+        settled = list(reads)
+        for i, pending in zip(shared, pipe.execute(), strict=True):
+            if not pending:
+                settled[i] = replace(settled[i], acknowledged=True)
+        return settled
+
     def _kill_switch(self, reply: object) -> KillSwitch:
         if isinstance(reply, Exception):
             self._metrics.unreadable_state.labels("kill_switch").inc()
@@ -327,9 +376,10 @@ class BatchIO:
                 command("XADD", s.dead_letter_stream, "*", *[part for pair in fields.items() for part in pair])
                 kinds.append(DEAD_LETTER)
         if secondary:
-            if item.writes_marker:
+            key = item.record_key
+            if key is not None:
                 marker = OutcomeMarker.of(plan, outcome, self._consumer).encode()
-                command("SET", marker_key(plan), marker, "EX", OUTCOME_TTL_SEC)
+                command("SET", key, marker, "EX", OUTCOME_TTL_SEC)
                 kinds.append(MARKER)
             command("XADD", EVENTS_STREAM, "MAXLEN", "~", s.events_maxlen, "*", *event_args(plan, outcome, now))
             kinds.append(EVENT)

@@ -36,7 +36,7 @@ from microservices.governor.batch import PERMIT, BatchIO, Decided, Delivery, Par
 from microservices.governor.decision import Event, Outcome, Reason
 from microservices.governor.metrics import BatchTally, GovernorMetrics
 from microservices.governor.plan import entry_time
-from microservices.governor.records import OutcomeMarker, marker_key
+from microservices.governor.records import OutcomeMarker
 from microservices.governor.settings import GovernorSettings
 
 log = logging.getLogger(__name__)
@@ -370,6 +370,8 @@ class Governor:
         try:
             now = self._clock()
             kill, reads = self._io.read(parsed, now)
+            if tx is not None:
+                reads = self._io.settle_shared_entries(parsed, reads, tx.watch)
             decided = self._hold_unwritable_dead_letters(self._io.decide(parsed, kill, reads, now))
             acked = self._write(decided, now, tx)
         except BaseException:
@@ -420,15 +422,15 @@ class Governor:
         batch = self._unconfirmed
         if not batch:
             return
-        marked = [item for item in batch if item.writes_marker]
+        marked = [(item.delivery.entry_id, key) for item in batch if (key := item.record_key) is not None]
         pipe = self._client.pipeline(transaction=False)
-        for item in marked:
-            pipe.get(marker_key(item.plan))
+        for _, key in marked:
+            pipe.get(key)
         markers = [OutcomeMarker.parse(raw) for raw in pipe.execute()] if marked else []
         self._unconfirmed = []
         ran = any(
-            marker is not None and (marker.entry_id, marker.consumer) == (item.delivery.entry_id, self._consumer)
-            for item, marker in zip(marked, markers, strict=True)
+            marker is not None and (marker.entry_id, marker.consumer) == (entry_id, self._consumer)
+            for (entry_id, _), marker in zip(marked, markers, strict=True)
         )
         if ran:
             log.info("the unconfirmed write of a batch of %d plans happened: its outcomes are counted now", len(batch))

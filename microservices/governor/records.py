@@ -18,7 +18,9 @@ BLOCK_KEY_PREFIX = "quantum:governor:block:"
 #: acknowledgement only, whatever its outcome was (a skip leaves no key of its own), and a plan_id that was permitted
 #: once never permitted again, even after its permit key expired or was consumed.
 OUTCOME_KEY_PREFIX = "quantum:governor:outcome:"
-#: ``{entry_id}`` -> the outcome recorded for an entry that has no usable plan_id (a dead letter), for the same reason.
+#: ``{entry_id}`` -> the outcome recorded for an entry that has no usable plan_id (a dead letter), for the same reason;
+#: and for an entry of a plan_id permitted before that still gets an event (a HOLD: a skip), whose plan_id marker
+#: must keep naming the permit.
 ENTRY_OUTCOME_KEY_PREFIX = "quantum:governor:entry-outcome:"
 KILL_SWITCH_KEY = "quantum:kill"
 EVENTS_STREAM = "quantum:stream:governor.events"
@@ -40,11 +42,15 @@ def outcome_key(plan_id: str) -> str:
     return OUTCOME_KEY_PREFIX + plan_id
 
 
+def entry_outcome_key(entry_id: str) -> str:
+    return ENTRY_OUTCOME_KEY_PREFIX + entry_id
+
+
 def marker_key(plan: Plan | InvalidPlan) -> str:
     """Where the outcome of ``plan`` is recorded: by plan_id, or by stream entry when it has no usable plan_id."""
     if isinstance(plan, Plan):
         return outcome_key(plan.plan_id)
-    return ENTRY_OUTCOME_KEY_PREFIX + plan.entry_id
+    return entry_outcome_key(plan.entry_id)
 
 
 def hint_fields(hint: DownsizeHint) -> dict[str, str]:
