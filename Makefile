@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test lint unit bench bench-governor soak stop-stress clean
+.PHONY: demo test lint unit bench bench-governor soak stop-stress chaos clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ soak: $(INSTALLED)
 
 stop-stress: $(INSTALLED)
 	$(BIN)/python scripts/stop_stress.py $(STOP_STRESS_ARGS)
+
+# One minute of faults on both daemons under load, every guarantee checked; e.g. CHAOS_ARGS="--minutes 30 --seed 7".
+chaos: $(INSTALLED)
+	$(BIN)/python scripts/chaos.py $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
