@@ -63,6 +63,45 @@ BLOCK_REASONS = (
 DEAD_LETTER_REASONS = (Reason.INVALID_PLAN, Reason.MAX_DELIVERIES)
 
 
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One check of :func:`decide`, as a trace shows it: its name, the reasons an outcome has when it fails there,
+    and whether only non-reducing plans go through it."""
+
+    name: str
+    reasons: tuple[Reason, ...]
+    non_reducing_only: bool = False
+
+
+#: :func:`decide`'s checks in its order, for traces (``p31ctl plan``): kept next to the function so that the two
+#: change together; a unit test holds every outcome's reason to the check :func:`deciding_check` names.
+CHECKS = (
+    Check("delivered at most GOV_MAX_DELIVERIES times", (Reason.MAX_DELIVERIES,)),
+    Check("plan_id and symbol well-formed", (Reason.INVALID_PLAN,)),
+    Check("decision is EXECUTE", (Reason.NOT_EXECUTE,)),
+    Check("no permit for the plan_id yet", (Reason.ALREADY_DECIDED,)),
+    Check("qty and notional usable", (Reason.INVALID_PLAN,)),
+    Check("not older than GOV_PLAN_MAX_AGE_SEC", (Reason.STALE_PLAN,)),
+    Check("kill switch quantum:kill", (Reason.KILL_SWITCH, Reason.KILL_SWITCH_REDUCE_ONLY)),
+    Check("kill_score below GOV_KILL_SCORE_CRITICAL", (Reason.KILL_SCORE,), non_reducing_only=True),
+    Check("symbol cooldown", (Reason.COOLDOWN,), non_reducing_only=True),
+    Check("rate limits", (Reason.RATE_LIMIT_5MIN, Reason.RATE_LIMIT_HOUR), non_reducing_only=True),
+)
+
+
+def deciding_check(plan: Plan | InvalidPlan, reason: Reason) -> Check | None:
+    """The check of :data:`CHECKS` at which a plan with outcome ``reason`` stopped; None for a permit (every check
+    passed). ``invalid_plan`` is the identifiers' check for an :class:`InvalidPlan`, else the quantities'."""
+    if reason is Reason.PERMITTED:
+        return None
+    for check in CHECKS:
+        if reason in check.reasons:
+            if reason is Reason.INVALID_PLAN and isinstance(plan, Plan) and check is CHECKS[1]:
+                continue
+            return check
+    raise ValueError(f"no check gives {reason}")
+
+
 class KillSwitch(Enum):
     """``quantum:kill``: ``1`` blocks every plan, ``reduce`` every non-reducing plan; anything else is disengaged."""
 

@@ -112,14 +112,27 @@ def parse_gate(raw: Raw) -> tuple[GateState, str | None]:
     return state, ("; ".join(problems) or None)
 
 
+def cooldown_left(state: GateState, limits: GateLimits, now: float) -> float:
+    """Seconds until the symbol's cooldown ends (0 when none holds): the base cooldown plus, when the limits apply
+    it, the last permit's extra cooldown. One function for the governor's judgement and ``p31ctl governor``."""
+    cooldown = limits.cooldown_sec + (state.extra_cooldown_sec if limits.apply_extra_cooldown else 0)
+    if cooldown <= 0 or state.last_permit_ts is None:
+        return 0.0
+    return max(0.0, state.last_permit_ts + cooldown - now)
+
+
+def permits_within(state: GateState, window_sec: float, now: float) -> int:
+    """The symbol's non-reducing permits in the last ``window_sec`` seconds, as the rate limits count them."""
+    return sum(1 for t in state.recent if now - t < window_sec)
+
+
 def gate_block(state: GateState, limits: GateLimits, now: float) -> str | None:
     """The reason a non-reducing plan is held back by its symbol's gate, or None: ``cooldown``, then
     ``rate_limit_5min``, then ``rate_limit_hour``. A cooldown of 0 with no extra cooldown is no cooldown at all."""
-    cooldown = limits.cooldown_sec + (state.extra_cooldown_sec if limits.apply_extra_cooldown else 0)
-    if cooldown > 0 and state.last_permit_ts is not None and now - state.last_permit_ts < cooldown:
+    if cooldown_left(state, limits, now) > 0:
         return "cooldown"
-    if sum(1 for t in state.recent if now - t < FIVE_MINUTES) >= limits.max_per_5min:
+    if permits_within(state, FIVE_MINUTES, now) >= limits.max_per_5min:
         return "rate_limit_5min"
-    if sum(1 for t in state.recent if now - t < ONE_HOUR) >= limits.max_per_hour:
+    if permits_within(state, ONE_HOUR, now) >= limits.max_per_hour:
         return "rate_limit_hour"
     return None

@@ -154,13 +154,18 @@ class OutcomeMarker:
         return cls(*parts) if len(parts) in (4, 6) else None
 
 
+#: The fields a dead-letter entry adds to the plan's own: what ``p31ctl dlq requeue`` leaves out to publish the plan
+#: again.
+DEAD_LETTER_ADDED_FIELDS = ("reason", "source_id", "deliveries")
+
+
 def dead_letter_fields(
     original: Mapping[bytes, bytes], outcome: Outcome, source_id: str, deliveries: int
 ) -> dict[bytes, bytes]:
     """The plan's original fields, byte for byte, plus ``reason``, ``source_id`` and ``deliveries`` (which win over
     original fields of the same names; the entry must say why it is here)."""
     fields = dict(original)
-    fields[b"reason"] = outcome.reason.value.encode()
-    fields[b"source_id"] = source_id.encode()
-    fields[b"deliveries"] = str(deliveries).encode()
+    added = (outcome.reason.value, source_id, str(deliveries))
+    for name, value in zip(DEAD_LETTER_ADDED_FIELDS, added, strict=True):
+        fields[name.encode()] = value.encode()
     return fields

@@ -96,6 +96,62 @@ def _global_options() -> argparse.ArgumentParser:
     return parent
 
 
+def _add_governor_commands(sub: Any, common: Any) -> None:
+    """``plan``, ``governor`` and ``dlq``: the governor's plans, queue and dead letters."""
+    plan = sub.add_parser(
+        "plan",
+        parents=[common],
+        help="one plan: its fields, outcome, deliveries, events and every governor check with its values",
+        description="Find a plan by plan_id (its outcome marker, the newest entries of the plans, dead-letter and "
+        "events streams) and show its outcome with each decision check of the governor, in order, with the value it "
+        "looked at; a plan not decided yet shows what the governor would decide now.",
+    )
+    plan.add_argument("plan_id", metavar="PLAN_ID")
+    plan.add_argument(
+        "--search",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="newest entries of each stream searched (default %(default)s)",
+    )
+    plan.set_defaults(handler="microservices.ops.plan_view:run_plan")
+
+    governor = sub.add_parser(
+        "governor",
+        parents=[common],
+        help="the consumer group, kill switch, dead letters, outcomes by reason and each symbol's gate",
+        description="The governor as a queue: consumers and their pending plans, oldest pending age and lag, the kill "
+        "switch, the dead-letter stream, outcomes by event and reason over --since, and per symbol its cooldown "
+        "left and permits in the last 5 minutes and hour.",
+    )
+    governor.add_argument(
+        "--since", default="1h", metavar="DURATION", help="window of the outcomes: 30m, 1h, 2d (default %(default)s)"
+    )
+    governor.set_defaults(handler="microservices.ops.governor_view:run_governor")
+
+    dlq = sub.add_parser(
+        "dlq",
+        parents=[common],
+        help="list, show, requeue or drop the governor's dead letters",
+        description="The dead-letter stream {STREAM_PLANS}.dlq. requeue puts a dead letter back on the plans stream "
+        "as a new entry with the plan's own fields, at most once; drop deletes it; each action is recorded on "
+        "{STREAM_PLANS}.dlq.actions.",
+    )
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", metavar="ACTION", required=True, parser_class=_Parser)
+    dlq_list = dlq_sub.add_parser("list", parents=[common], help="the newest dead letters")
+    dlq_list.add_argument("--count", type=int, default=20, metavar="N", help="how many (default %(default)s)")
+    dlq_show = dlq_sub.add_parser("show", parents=[common], help="every field of one dead letter")
+    dlq_show.add_argument("id", metavar="ID")
+    dlq_requeue = dlq_sub.add_parser("requeue", parents=[common], help="put dead letters back on the plans stream")
+    dlq_requeue.add_argument("ids", nargs="+", metavar="ID")
+    dlq_requeue.add_argument(
+        "--force", action="store_true", help="requeue even a plan that would be invalid_plan again"
+    )
+    dlq_drop = dlq_sub.add_parser("drop", parents=[common], help="delete dead letters")
+    dlq_drop.add_argument("ids", nargs="+", metavar="ID")
+    dlq.set_defaults(handler="microservices.ops.dlq:run_dlq")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common: Any = _global_options()  # argparse types parents= with the subparser class
     parser = _Parser(
@@ -194,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     inject_plan.add_argument("--stream", metavar="NAME", help="stream to append to (default: STREAM_PLANS)")
     inject_plan.add_argument("--force", action="store_true", help="write for a symbol that is not a test symbol")
     inject_plan.set_defaults(handler="microservices.ops.inject_commands:run_inject_plan")
+
+    _add_governor_commands(sub, common)
 
     template = sub.add_parser(
         "env-template",

@@ -346,3 +346,19 @@ def test_gate_encoding_round_trips_whatever_the_plan_id(
     text = state.encode(plan_id)
     assert json.loads(text)["last_plan_id"] == plan_id
     assert parse_gate(text.encode("utf-8", "surrogatepass")) == (state, None)
+
+
+def test_the_trace_checks_name_the_check_of_every_reason_decide_gives() -> None:
+    """``p31ctl plan`` derives its trace from CHECKS: each reason must belong to exactly one check (invalid_plan to
+    two, told apart by whether the plan parsed), and a permit to none."""
+    from microservices.governor.decision import CHECKS, Reason, deciding_check
+    from microservices.governor.plan import InvalidPlan, parse_plan
+
+    valid = parse_plan("1-0", {"plan_id": "p", "symbol": "S"})
+    invalid = InvalidPlan("1-0", {}, "plan_id missing")
+    assert deciding_check(valid, Reason.PERMITTED) is None
+    assert deciding_check(invalid, Reason.INVALID_PLAN) is CHECKS[1]
+    assert deciding_check(valid, Reason.INVALID_PLAN) is CHECKS[4]
+    assert deciding_check(valid, Reason.RATE_LIMIT_HOUR) is CHECKS[-1]
+    covered = {reason for check in CHECKS for reason in check.reasons}
+    assert covered | {Reason.PERMITTED} == set(Reason)

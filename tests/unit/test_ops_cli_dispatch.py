@@ -18,6 +18,9 @@ SUBCOMMAND_MODULES = (
     "microservices.ops.check_config",
     "microservices.ops.inject_commands",
     "microservices.ops.env_template",
+    "microservices.ops.plan_view",
+    "microservices.ops.governor_view",
+    "microservices.ops.dlq",
 )
 
 
@@ -32,7 +35,8 @@ def test_every_subcommand_names_a_run_function_of_its_own_module() -> None:
     """The names are strings mypy cannot check, so a typo would only show when an operator ran the subcommand."""
     commands = subparsers(build_parser())
     assert set(commands) == {
-        "status", "explain", "report", "check-config", "inject-efficiency", "inject-plan", "env-template",
+        "status", "explain", "report", "check-config", "inject-efficiency", "inject-plan", "env-template", "plan",
+        "governor", "dlq",
     }  # fmt: skip
     for name, parser in commands.items():
         target = parser.get_default("handler")
