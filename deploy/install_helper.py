@@ -64,18 +64,22 @@ def read_env(path: Path) -> dict[str, str]:
     return values
 
 
+def shown(key: str, value: str) -> str:
+    """A value as the operator may see it on a terminal: secrets (a password, a URL that may carry one) redacted."""
+    return "<redacted>" if "PASSWORD" in key or key == "REDIS_URL" else repr(value)
+
+
 def env_diff(existing: Path, shipped: Path) -> list[str]:
     """One line per variable whose value differs between the operator's file and the shipped one."""
     old, new = read_env(existing), read_env(shipped)
     lines: list[str] = []
     for key in sorted(old.keys() | new.keys()):
         if key not in new:
-            lines.append(f"{key}: set here ({old[key]!r}), not in the shipped file (a variable this release ignores?)")
+            lines.append(f"{key}: set here ({shown(key, old[key])}), not in the shipped file (a variable it ignores?)")
         elif key not in old:
-            lines.append(f"{key}: not set here; shipped default {new[key]!r}")
+            lines.append(f"{key}: not set here; shipped default {shown(key, new[key])}")
         elif old[key] != new[key]:
-            value = "<redacted>" if "PASSWORD" in key or "REDIS_URL" in key else repr(old[key])
-            lines.append(f"{key}: {value} here, shipped default {new[key]!r}")
+            lines.append(f"{key}: {shown(key, old[key])} here, shipped default {shown(key, new[key])}")
     return lines
 
 
