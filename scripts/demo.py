@@ -898,6 +898,38 @@ def governor_section(server: RedisServer) -> list[str]:
     return failures
 
 
+#: The operator's commands the demo closes with, on the data it leaves: the governor as a queue, one blocked plan, one
+#: downsized plan, the dead letters.
+OPERATOR_COMMANDS = (
+    ("governor",),
+    ("plan", "plan-btc-again"),
+    ("plan", "plan-ldo-open"),
+    ("dlq", "list"),
+)
+
+
+def operator_section(server: RedisServer) -> list[str]:
+    """``p31ctl``'s governor commands on the demo's Redis, as an operator would run them; returns the failures."""
+    print("=== What an operator sees: p31ctl on the demo's data ===")
+    failures: list[str] = []
+    for command in OPERATOR_COMMANDS:
+        print(f"$ p31ctl {' '.join(command)}")
+        done = subprocess.run(
+            [sys.executable, "-m", "microservices.ops.cli", *command],
+            env=daemon_environment(server.url, {}),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        print(done.stdout + done.stderr, end="")
+        print()
+        if done.returncode != 0:
+            failures.append(f"p31ctl {' '.join(command)} exited {done.returncode}")
+    return failures
+
+
 # --- the demo -------------------------------------------------------------------------------------------------------
 
 
@@ -908,6 +940,8 @@ def main() -> int:
         failures += proposer_section(server)
         print()
         failures += governor_section(server)
+        print()
+        failures += operator_section(server)
     print()
     for failure in failures:
         print(f"FAIL: {failure}")

@@ -161,7 +161,7 @@ def _deliveries(facts: PlanFacts, entry_id: str | None) -> str:
     for _, fields in facts.dead_letters:
         if fields.get("source_id") == entry_id and "deliveries" in fields:
             return f"{fields['deliveries']} (dead letter)"
-    return "acknowledged" if facts.marker is not None or facts.events else "not delivered yet"
+    return "acknowledged (no longer pending)" if facts.marker is not None or facts.events else "not delivered yet"
 
 
 def _decided_at(facts: PlanFacts, entry_id: str | None) -> float:
@@ -176,10 +176,12 @@ def _decided_at(facts: PlanFacts, entry_id: str | None) -> float:
 def _looked_at(
     check: Check, plan: Plan | InvalidPlan, facts: PlanFacts, entry_id: str | None, s: GovernorSettings
 ) -> str:
-    """What ``check`` looks at for ``plan``; state that can change since the decision is marked ``now``."""
+    """What ``check`` looks at for ``plan``. State that can change since the decision (permit, kill switch, gate)
+    is shown as it is now, and said to be: for a decided plan, that is after its own outcome."""
     policy = Policy.from_settings(s)
+    now = "now" if facts.would_be is not None else "now, after its outcome"
     if check is CHECKS[0]:
-        return f"deliveries {_deliveries(facts, entry_id)}; GOV_MAX_DELIVERIES={s.max_deliveries}"
+        return f"deliveries: {_deliveries(facts, entry_id)}; GOV_MAX_DELIVERIES={s.max_deliveries}"
     if isinstance(plan, InvalidPlan):
         return plan.detail if check is CHECKS[1] else ""
     if check is CHECKS[1]:
@@ -187,8 +189,7 @@ def _looked_at(
     if check is CHECKS[2]:
         return f"decision={plan.decision!r}"
     if check is CHECKS[3]:
-        permit = f"{permit_key(plan.plan_id)} exists now" if facts.permit else f"no {permit_key(plan.plan_id)} now"
-        return permit
+        return f"{now}: {permit_key(plan.plan_id)} {'exists' if facts.permit else 'absent'}"
     if check is CHECKS[4]:
         return plan.quantity_problem or f"qty={plan.qty:g} notional={plan.notional:g}"
     if check is CHECKS[5]:
@@ -197,16 +198,16 @@ def _looked_at(
     if check.non_reducing_only and plan.reducing:
         return "reducing plan: not checked"
     if check is CHECKS[6]:
-        return f"{KILL_SWITCH_KEY} now: {facts.kill_switch.value}; reducing={plan.reducing}"
+        return f"{now}: {KILL_SWITCH_KEY} {facts.kill_switch.value}; reducing={plan.reducing}"
     if check is CHECKS[7]:
         shown = plan.kill_score_problem or (f"{plan.kill_score:g}" if plan.kill_score is not None else "absent")
         return f"kill_score={shown}; GOV_KILL_SCORE_CRITICAL={s.kill_score_critical:g}"
     gate = facts.gate or GateState()
     if check is CHECKS[8]:
         left = cooldown_left(gate, policy.gate, facts.now)
-        return f"now: {left:.0f}s of cooldown left; GOV_SYMBOL_COOLDOWN_SECONDS={s.symbol_cooldown_sec:g}"
+        return f"{now}: {left:.0f}s of cooldown left; GOV_SYMBOL_COOLDOWN_SECONDS={s.symbol_cooldown_sec:g}"
     return (
-        f"now: {permits_within(gate, FIVE_MINUTES, facts.now)} permits in 5 min (max {s.max_exec_per_5min}), "
+        f"{now}: {permits_within(gate, FIVE_MINUTES, facts.now)} permits in 5 min (max {s.max_exec_per_5min}), "
         f"{permits_within(gate, ONE_HOUR, facts.now)} in an hour (max {s.max_exec_per_hour})"
     )
 

@@ -400,6 +400,8 @@ def p31ctl_problems(text: str, parser: argparse.ArgumentParser) -> list[str]:
                     problems.append(f"p31ctl has no subcommand {token!r} ({' '.join(tokens)})")
                     break
                 command, current = token, commands[token]
+            elif token in subcommands(current):  # a second level: dlq list, dlq requeue
+                command, current = f"{command} {token}", subcommands(current)[token]
     return problems
 
 
