@@ -27,6 +27,7 @@ from microservices.allocation_target.proposal import (
     decide,
     encode,
 )
+from microservices.allocation_target.proposer import discover_symbols
 from microservices.allocation_target.settings import ProposerSettings
 from microservices.core.efficiency import (
     CONFIDENCE_FIELD,
@@ -47,6 +48,7 @@ from microservices.governor.decision import Policy, hint_for
 from microservices.governor.downsize import DISABLED, REDUCE_ONLY, DownsizeHint, EffAction
 from microservices.governor.plan import Plan, parse_plan
 from microservices.governor.settings import GovernorSettings
+from microservices.ops.symbols import closest_symbol, no_live_target
 from microservices.ops.tables import format_table
 
 if TYPE_CHECKING:
@@ -366,6 +368,7 @@ def run_explain(ctx: Context) -> int:
         raise UsageError(str(exc)) from exc
     with ctx.connect(proposer) as client:
         facts, reply = read_facts(client, symbol)
+        known = discover_symbols(client)
         now = time.time()
         raws: Sequence[bytes] = [encode(symbol)]
         reading = efficiency_readings(client, raws, [reply], now, proposer.efficiency_policy)[0]
@@ -379,8 +382,17 @@ def run_explain(ctx: Context) -> int:
         proposer=proposer,
         governor=governor,
     )
+    live = symbol in known
     if ctx.json:
-        ctx.emit_json(explanation.as_json())
+        ctx.emit_json(
+            {
+                **explanation.as_json(),
+                "live_target": live,
+                "did_you_mean": None if live else closest_symbol(symbol, known),
+            }
+        )
     else:
         ctx.out.write(render_explanation(explanation))
+    if not live:  # the trace is still true, but most likely not about the symbol the operator meant
+        print(f"note: {no_live_target(symbol, known)}: the proposer does not see it", file=ctx.err)
     return 0

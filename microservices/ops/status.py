@@ -32,6 +32,7 @@ from microservices.core.efficiency import EfficiencyReading
 from microservices.core.efficiency_reads import efficiency_readings, queue_efficiency_read
 from microservices.core.numbers import parse_float
 from microservices.core.redis_client import RedisClient
+from microservices.ops.symbols import no_live_target
 from microservices.ops.tables import NONE, fmt, fmt_usd, format_table
 
 if TYPE_CHECKING:
@@ -141,7 +142,7 @@ def render_status(rows: Sequence[StatusRow]) -> str:
 def run_status(ctx: Context) -> int:
     settings: ProposerSettings = ctx.settings(ProposerSettings)
     with ctx.connect(settings) as client:
-        symbols = discover_symbols(client)
+        symbols = known = discover_symbols(client)
         wanted: list[str] | None = ctx.args.symbol
         missing: list[str] = []
         if wanted:
@@ -162,11 +163,11 @@ def run_status(ctx: Context) -> int:
             }
         )
         return 0
-    if not rows:
+    if not rows and not wanted:
         ctx.out.write("no live allocation targets (quantum:allocation:target:{symbol})\n")
-    else:
+    elif rows:
         ctx.out.write(render_status(rows))
         ctx.out.write(f"{len(rows)} symbol(s); proposed = base x multiplier as the proposer would write it now\n")
     for symbol in missing:
-        print(f"{symbol}: no live target hash", file=ctx.err)
+        print(no_live_target(symbol, known), file=ctx.err)
     return 0

@@ -337,3 +337,36 @@ def test_usage_errors_exit_64(usage: list[str], capsys: pytest.CaptureFixture[st
         main(usage)
     assert exit_info.value.code == 64
     assert re.search(r"^p31ctl( [a-z-]+)?: error: ", capsys.readouterr().err, re.MULTILINE)
+
+
+def test_status_of_an_unknown_symbol_says_it_has_no_live_target_and_names_the_closest(
+    r: redis.Redis, redis_server: RedisServer
+) -> None:
+    """Issue 12: "no live allocation targets" was printed while five existed."""
+    seed_symbols(r, time.time())
+    result = p31ctl(redis_server.url, "status", "--symbol", "btc")
+    assert (result.returncode, result.stdout) == (0, "")
+    assert result.stderr == (
+        "btc: no live target quantum:allocation:target:btc (5 symbol(s) have one; symbols are case-sensitive; "
+        "did you mean BTC?)\n"
+    )
+    nothing = p31ctl(redis_server.url, "status", "--symbol", "NOPE")
+    assert nothing.stderr.endswith("(5 symbol(s) have one; symbols are case-sensitive)\n")
+
+
+def test_explain_of_a_symbol_without_live_target_says_so_and_names_the_closest(
+    r: redis.Redis, redis_server: RedisServer
+) -> None:
+    """Issue 12: explain walked through missing_eff with no hint that the symbol has no live target."""
+    seed_symbols(r, time.time())
+    result = p31ctl(redis_server.url, "explain", "sol")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("sol: reason missing_eff")
+    assert result.stderr == (
+        "note: sol: no live target quantum:allocation:target:sol (5 symbol(s) have one; symbols are case-sensitive; "
+        "did you mean SOL?): the proposer does not see it\n"
+    )
+    document = as_json(p31ctl(redis_server.url, "explain", "sol", "--json"))
+    assert (document["live_target"], document["did_you_mean"]) == (False, "SOL")
+    known = as_json(p31ctl(redis_server.url, "explain", "SOL", "--json"))
+    assert (known["live_target"], known["did_you_mean"]) == (True, None)
