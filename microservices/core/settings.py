@@ -120,6 +120,8 @@ def no_white_space(value: str) -> str | None:
     return None
 
 
+#: The schemes redis-py connects with.
+REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
 #: The path of a ``redis://`` URL: none, ``/`` or ``/<db number>``. redis-py silently ignores any other path.
 _URL_DB_PATH = re.compile(r"(/[0-9]*)?")
 
@@ -134,6 +136,8 @@ def redis_url(value: str | None) -> str | None:
         return None
     if any(c.isspace() for c in value) or "#" in value:
         return "must not hold white space or '#' (an inline comment?); percent-encode them in a password"
+    if not value.startswith(REDIS_URL_SCHEMES):  # else a host:port reads as a scheme and a path
+        return "must start with " + ", ".join(REDIS_URL_SCHEMES) + " (e.g. redis://127.0.0.1:6379/0)"
     try:
         path = urlsplit(value).path
     except ValueError:  # e.g. an unencoded [ or ] in a password reads as a broken IPv6 host

@@ -138,3 +138,14 @@ def test_a_cluster_with_a_database_other_than_0_or_a_socket_is_refused(env: dict
             load_settings(cls, {"REDIS_CLUSTER": "1", "GOV_CONSUMER": "c", **env})
         load_settings(cls, {"GOV_CONSUMER": "c", **env})  # fine without a cluster
     load_settings(ProposerSettings, {"REDIS_CLUSTER": "1", "REDIS_URL": "redis://127.0.0.1:7000/0"})
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:26431", "localhost:6379/0", "http://127.0.0.1:6379"])
+def test_a_redis_url_without_its_scheme_says_which_schemes_are_meant(url: str) -> None:
+    """Issue 12: ``127.0.0.1:26431`` was told "the path must be a database number such as /0"."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings(ProposerSettings, {"REDIS_URL": url})
+    assert str(caught.value) == (
+        "invalid configuration: REDIS_URL=<redacted>: must start with redis://, rediss://, unix:// "
+        "(e.g. redis://127.0.0.1:6379/0)"
+    )
