@@ -256,6 +256,17 @@ def load_settings(cls: type[S], env: Mapping[str, str]) -> S:
 _INLINE_COMMENT = re.compile(r"\s#")
 
 
+#: Parts of a variable's name that say its value may be a credential, for variables no settings class declares.
+_SECRET_NAME_PARTS = ("PASSWORD", "SECRET", "TOKEN", "CREDENTIAL")
+
+
+def may_be_secret(variable: str) -> bool:
+    """Whether a value must not be shown: a variable the settings declare secret (``REDIS_URL``, ``REDIS_PASSWORD``),
+    or one whose name says it may hold a credential. Any other value is shown, so that a mistake in it can be seen."""
+    declared = {f.metadata[_ENV] for f in env_fields(CommonSettings) if f.metadata[_SECRET]}
+    return variable in declared or any(part in variable.upper() for part in _SECRET_NAME_PARTS)
+
+
 def read_env_file(path: str | Path) -> dict[str, str]:
     """Variables of an env file, read as systemd's ``EnvironmentFile=`` would use them.
 
@@ -274,11 +285,11 @@ def read_env_file(path: str | Path) -> dict[str, str]:
             continue
         raw_value = binding.original.string.split("=", 1)[1].strip() if "=" in binding.original.string else ""
         if raw_value[:1] not in ("'", '"') and _INLINE_COMMENT.search(raw_value):
-            raise ConfigError(  # the value is not shown: it may be a password
+            raise ConfigError(  # the value is shown unless it may be a password
                 binding.key,
                 raw_value,
                 f"inline comment on line {line} of {path} (systemd keeps it in the value)",
-                secret=True,
+                secret=may_be_secret(binding.key),
             )
     values = dotenv_values(stream=io.StringIO(text), interpolate=False)
     return {key: value for key, value in values.items() if value is not None}

@@ -66,7 +66,8 @@ def test_the_cli_has_the_documented_subcommands() -> None:
     choices = next(a for a in parser._actions if a.dest == "command").choices
     assert choices is not None
     assert set(choices) == {
-        "status", "explain", "report", "check-config", "inject-efficiency", "inject-plan", "env-template",
+        "status", "explain", "report", "check-config", "inject-efficiency", "inject-plan", "env-template", "plan",
+        "governor", "dlq",
     }  # fmt: skip
     assert set(DAEMONS) == {"allocation-target", "governor"}
     ns = parser.parse_args(["--json", "report", "--since", "30m"])

@@ -149,3 +149,20 @@ def test_a_redis_url_without_its_scheme_says_which_schemes_are_meant(url: str) -
         "invalid configuration: REDIS_URL=<redacted>: must start with redis://, rediss://, unix:// "
         "(e.g. redis://127.0.0.1:6379/0)"
     )
+
+
+def test_an_inline_comment_shows_a_plain_value_and_hides_a_secret_one(tmp_path: Path) -> None:
+    """Issue 12: ``PERMIT_TTL_SEC=60 # note`` was shown as ``PERMIT_TTL_SEC=<redacted>``."""
+    plain, secret = tmp_path / "plain.env", tmp_path / "secret.env"
+    plain.write_text("PERMIT_TTL_SEC=60 # one minute\n")
+    secret.write_text("REDIS_PASSWORD=hunter2 # rotated\n")
+    with pytest.raises(ConfigError) as caught:
+        read_env_file(plain)
+    assert str(caught.value) == (
+        f"invalid configuration: PERMIT_TTL_SEC='60 # one minute': inline comment on line 1 of {plain} "
+        "(systemd keeps it in the value)"
+    )
+    with pytest.raises(ConfigError) as hidden:
+        read_env_file(secret)
+    assert str(hidden.value).startswith("invalid configuration: REDIS_PASSWORD=<redacted>: inline comment")
+    assert "hunter2" not in str(hidden.value)
