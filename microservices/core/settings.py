@@ -175,13 +175,9 @@ class Settings:
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            check = f.metadata.get(_CHECK)
-            value = getattr(self, f.name)
-            problem = check(value) if check is not None else None
-            if problem is None:
-                problem = _literal_problem(type(self), f, value)
-            if problem is not None:
-                raise ConfigError(f.metadata.get(_ENV, f.name), value, problem, secret=f.metadata.get(_SECRET, False))
+            error = _field_error(type(self), f, getattr(self, f.name))
+            if error is not None:
+                raise error
         self.cross_check()
 
     def cross_check(self) -> None:
@@ -194,6 +190,17 @@ class Settings:
             value = getattr(self, f.name)
             shown[f.metadata[_ENV]] = "<redacted>" if f.metadata[_SECRET] and value else value
         return shown
+
+
+def _field_error(cls: type, f: Field[Any], value: object) -> ConfigError | None:
+    """What is wrong with ``value`` for field ``f`` (its check, then its ``Literal`` type), or None."""
+    check = f.metadata.get(_CHECK)
+    problem = check(value) if check is not None else None
+    if problem is None:
+        problem = _literal_problem(cls, f, value)
+    if problem is None:
+        return None
+    return ConfigError(f.metadata.get(_ENV, f.name), value, problem, secret=f.metadata.get(_SECRET, False))
 
 
 def _literal_problem(cls: type, f: Field[Any], value: object) -> str | None:
@@ -251,6 +258,32 @@ def load_settings(cls: type[S], env: Mapping[str, str]) -> S:
     return cls(**values)
 
 
+def settings_errors(cls: type[Settings], env: Mapping[str, str]) -> list[ConfigError]:
+    """Every bad value in ``env`` for ``cls``, in declaration order, not only the first: what ``p31ctl check-config``
+    lists, so that a file is fixed in one pass (the daemons stop at the first, :func:`load_settings`). The checks
+    that involve several fields run once every value is fine on its own."""
+    hints = typing.get_type_hints(cls)
+    errors: list[ConfigError] = []
+    for f in env_fields(cls):
+        variable = f.metadata[_ENV]
+        if variable not in env:
+            continue
+        try:
+            value = _parse(env[variable], hints[f.name], variable, f.metadata[_SECRET])
+        except ConfigError as exc:
+            errors.append(exc)
+            continue
+        error = _field_error(cls, f, value)
+        if error is not None:
+            errors.append(error)
+    if not errors:
+        try:
+            load_settings(cls, env)
+        except ConfigError as exc:
+            errors.append(exc)
+    return errors
+
+
 # --- the environment -----------------------------------------------------------------------------------------------
 
 _INLINE_COMMENT = re.compile(r"\s#")
@@ -271,28 +304,41 @@ def read_env_file(path: str | Path) -> dict[str, str]:
     """Variables of an env file, read as systemd's ``EnvironmentFile=`` would use them.
 
     systemd keeps an inline ``# comment`` as part of the value, while python-dotenv strips it; so that a file
-    behaves the same in development as under systemd, an unquoted value with an inline comment is refused here.
+    behaves the same in development as under systemd, an unquoted value with an inline comment is refused here
+    (the first one found: :func:`env_file_errors` lists them all).
     """
+    values, errors = env_file_errors(path)
+    if errors:
+        raise errors[0]
+    return values
+
+
+def env_file_errors(path: str | Path) -> tuple[dict[str, str], list[ConfigError]]:
+    """The file's variables as :func:`read_env_file` reads them, and every line it refuses, in file order. A file
+    that cannot be read or parsed is one error and no variables."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError("--env-file", str(path), f"cannot be read: {exc}") from exc
+        return {}, [ConfigError("--env-file", str(path), f"cannot be read: {exc}")]
+    errors: list[ConfigError] = []
     for binding in parse_stream(io.StringIO(text)):
         line = binding.original.line
         if binding.error:
-            raise ConfigError("--env-file", str(path), f"line {line} cannot be parsed")
+            return {}, [ConfigError("--env-file", str(path), f"line {line} cannot be parsed")]
         if binding.key is None or binding.value is None:
             continue
         raw_value = binding.original.string.split("=", 1)[1].strip() if "=" in binding.original.string else ""
         if raw_value[:1] not in ("'", '"') and _INLINE_COMMENT.search(raw_value):
-            raise ConfigError(  # the value is shown unless it may be a password
-                binding.key,
-                raw_value,
-                f"inline comment on line {line} of {path} (systemd keeps it in the value)",
-                secret=may_be_secret(binding.key),
+            errors.append(
+                ConfigError(  # the value is shown unless it may be a password
+                    binding.key,
+                    raw_value,
+                    f"inline comment on line {line} of {path} (systemd keeps it in the value)",
+                    secret=may_be_secret(binding.key),
+                )
             )
     values = dotenv_values(stream=io.StringIO(text), interpolate=False)
-    return {key: value for key, value in values.items() if value is not None}
+    return {key: value for key, value in values.items() if value is not None}, errors
 
 
 def environment(env_file: str | Path | None, environ: Mapping[str, str] | None = None) -> dict[str, str]:

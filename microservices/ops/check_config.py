@@ -15,7 +15,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from microservices.core.settings import EX_CONFIG, ConfigError, load_settings, read_env_file
+from microservices.core.settings import EX_CONFIG, ConfigError, env_file_errors, settings_errors
 from microservices.ops.daemons import DAEMONS, DaemonInfo
 
 if TYPE_CHECKING:
@@ -46,32 +46,35 @@ def infer_daemon(variables: Collection[str]) -> DaemonInfo:
 
 @dataclass(frozen=True)
 class ConfigCheck:
-    """The verdict on one env file."""
+    """The verdict on one env file: every bad value in it, so that it is fixed in one pass."""
 
     path: str
     daemon: str | None
-    error: ConfigError | None
+    errors: tuple[ConfigError, ...]
     #: Variables in the file that the daemon does not read, sorted.
     unknown: tuple[str, ...]
 
     @property
     def ok(self) -> bool:
-        return self.error is None
+        return not self.errors
+
+    @property
+    def error(self) -> ConfigError | None:
+        """The first bad value: the one the daemon would stop at."""
+        return self.errors[0] if self.errors else None
 
 
 def check_env_file(path: str, daemon_name: str | None = None) -> ConfigCheck:
-    """Read ``path`` as systemd and the daemon would, and build the daemon's settings from it alone."""
-    try:
-        values = read_env_file(path)
-    except ConfigError as exc:
-        return ConfigCheck(path, daemon_name, exc, ())
+    """Read ``path`` as systemd and the daemon would, and judge every value with the daemon's settings code."""
+    values, line_errors = env_file_errors(path)
+    if not values and line_errors:
+        return ConfigCheck(path, daemon_name, tuple(line_errors), ())
     daemon = DAEMONS[daemon_name] if daemon_name is not None else infer_daemon(values)
     unknown = tuple(sorted(set(values) - daemon.variables))
-    try:
-        load_settings(daemon.settings_class, values)
-    except ConfigError as exc:
-        return ConfigCheck(path, daemon.name, exc, unknown)
-    return ConfigCheck(path, daemon.name, None, unknown)
+    refused = {error.variable for error in line_errors}
+    judged = {name: value for name, value in values.items() if name not in refused}
+    errors = [*line_errors, *settings_errors(daemon.settings_class, judged)]
+    return ConfigCheck(path, daemon.name, tuple(errors), unknown)
 
 
 def run_check_config(ctx: Context) -> int:
@@ -93,16 +96,17 @@ def run_check_config(ctx: Context) -> int:
                 "ok": not failed,
                 "error": None if result.error is None else str(result.error),
                 "variable": None if result.error is None else result.error.variable,
+                "errors": [{"variable": e.variable, "error": str(e)} for e in result.errors],
                 "unknown_variables": list(result.unknown),
             }
         )
     else:
         for name in result.unknown:
             print(f"warning: {path}: {name} is not read by {result.daemon} (a typo?)", file=ctx.err)
-        if result.error is not None:
-            print(str(result.error), file=ctx.err)
-        elif failed:
+        for error in result.errors:
+            print(str(error), file=ctx.err)
+        if result.ok and failed:
             print(f"invalid configuration: {path}: variables {result.daemon} does not read (--strict)", file=ctx.err)
-        else:
+        elif result.ok:
             print(f"OK: {path} ({result.daemon})", file=ctx.out)
     return EX_CONFIG if failed else 0

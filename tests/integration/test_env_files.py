@@ -7,6 +7,7 @@ to a settings class without being shipped fails :func:`test_shipped_file_is_the_
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import subprocess
@@ -178,8 +179,6 @@ def test_a_file_of_shared_variables_only_needs_daemon(tmp_path: Path) -> None:
 
 
 def test_json_verdict(tmp_path: Path) -> None:
-    import json
-
     out = io.StringIO()
     bad = with_value(DAEMONS["governor"], "GOV_BLOCK_MS", "0", tmp_path)
     assert main(["check-config", str(bad), "--json"], out=out, err=io.StringIO()) == 78
@@ -189,6 +188,9 @@ def test_json_verdict(tmp_path: Path) -> None:
         "ok": False,
         "error": "invalid configuration: GOV_BLOCK_MS=0: must be within [1, 5000]",
         "variable": "GOV_BLOCK_MS",
+        "errors": [
+            {"variable": "GOV_BLOCK_MS", "error": "invalid configuration: GOV_BLOCK_MS=0: must be within [1, 5000]"}
+        ],
         "unknown_variables": [],
     }
 
@@ -213,5 +215,29 @@ def test_the_real_command_checks_the_file_not_the_callers_environment(tmp_path: 
         [str(p31ctl), "check-config", str(broken)], env=env, capture_output=True, text=True, check=False, timeout=60
     )
     assert result.returncode == 78
-    assert result.stderr.startswith("invalid configuration: P31_MIN_CONF=<redacted>: inline comment on line")
+    assert result.stderr.startswith("invalid configuration: P31_MIN_CONF='0.65 # note': inline comment on line")
     assert "Traceback" not in result.stderr
+
+
+def test_check_config_lists_every_bad_value_of_a_file(tmp_path: Path) -> None:
+    """Issue 12: check-config stopped at the first bad value; the operator fixed a file one line per run."""
+    bad = tmp_path / "governor.env"
+    bad.write_text(
+        "P31_GOV_MODE=enforced\nP31_MIN_CONF=1.5\nPERMIT_TTL_SEC=60 # one minute\nGOV_BLOCK_MS=0\nGOV_GROUP=governor\n"
+    )
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["check-config", str(bad)], out=out, err=err) == 78
+    assert out.getvalue() == ""
+    assert err.getvalue().splitlines() == [
+        f"invalid configuration: PERMIT_TTL_SEC='60 # one minute': inline comment on line 3 of {bad} "
+        "(systemd keeps it in the value)",
+        "invalid configuration: P31_MIN_CONF=1.5: must be within [0, 1]",
+        "invalid configuration: P31_GOV_MODE='enforced': must be one of hint, enforce, off",
+        "invalid configuration: GOV_BLOCK_MS=0: must be within [1, 5000]",
+    ]
+    document = io.StringIO()
+    assert main(["check-config", str(bad), "--json"], out=document, err=io.StringIO()) == 78
+    assert [e["variable"] for e in json.loads(document.getvalue())["errors"]] == [
+        "PERMIT_TTL_SEC", "P31_MIN_CONF", "P31_GOV_MODE", "GOV_BLOCK_MS",
+    ]  # fmt: skip
+
