@@ -81,6 +81,11 @@ def run_check_config(ctx: Context) -> int:
     from microservices.ops.cli import UsageError
 
     path: str = ctx.args.file
+    if ctx.env_file is not None:  # it was ignored: FILE alone is judged, so a second file is a mistake to say
+        raise UsageError(
+            f"check-config judges FILE alone and ignores --env-file {ctx.env_file}: "
+            f"give the file to check as FILE (p31ctl check-config {ctx.env_file})"
+        )
     try:
         result = check_env_file(path, ctx.args.daemon)
     except AmbiguousDaemonError as exc:

@@ -241,3 +241,14 @@ def test_check_config_lists_every_bad_value_of_a_file(tmp_path: Path) -> None:
         "PERMIT_TTL_SEC", "P31_MIN_CONF", "P31_GOV_MODE", "GOV_BLOCK_MS",
     ]  # fmt: skip
 
+
+def test_check_config_refuses_env_file_instead_of_ignoring_it(tmp_path: Path) -> None:
+    """Issue 12: ``check-config --env-file /missing FILE`` ignored --env-file without a word."""
+    good = tmp_path / "a.env"
+    good.write_text("LOOP_INTERVAL_SEC=10\n")
+    err = io.StringIO()
+    assert main(["check-config", "--env-file", "/missing", str(good)], out=io.StringIO(), err=err) == 64
+    assert err.getvalue() == (
+        "p31ctl: error: check-config judges FILE alone and ignores --env-file /missing: give the file to check as "
+        "FILE (p31ctl check-config /missing)\n"
+    )
