@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import threading
 import time
@@ -20,6 +19,7 @@ from microservices.core.runner import EX_OK, EX_UNAVAILABLE, ONCE_UNAVAILABLE_AF
 from microservices.core.secrets import Redactor, secret_values
 from microservices.core.settings import EX_CONFIG, CommonSettings, ConfigError, environment, load_settings
 from microservices.core.stop_signal import StopSignal
+from microservices.core.usage import UsageParser
 from microservices.core.version import build_info
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class DaemonArgs:
 
 
 def parse_args(prog: str, description: str, argv: Sequence[str] | None) -> DaemonArgs:
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = UsageParser(prog=prog, description=description)  # a usage error exits 64, as p31ctl's do
     parser.add_argument("--once", action="store_true", help="run one loop, then exit 0")
     parser.add_argument("--env-file", metavar="PATH", help="read variables from PATH (the environment wins)")
     parser.add_argument(

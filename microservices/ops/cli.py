@@ -18,18 +18,18 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, NoReturn, TextIO, TypeVar
+from typing import Any, TextIO, TypeVar
 
 from redis.exceptions import ResponseError
 
 from microservices.core.redis_client import REDIS_ERRORS, RedisClient, connect, describe_target
 from microservices.core.settings import EX_CONFIG, CommonSettings, ConfigError, environment, load_settings
+from microservices.core.usage import EX_USAGE, UsageParser
 from microservices.core.version import build_info
 
 PROG = "p31ctl"
 S = TypeVar("S", bound=CommonSettings)
 EX_OK = 0
-EX_USAGE = 64
 EX_UNAVAILABLE = 69
 
 #: The daemons an env file can belong to, as ``check-config --daemon`` and ``env-template`` name them.
@@ -40,12 +40,8 @@ class UsageError(Exception):
     """A command line that cannot be carried out as given: exit 64 with this message."""
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse exits 2 on a usage error; sysexits (and the units' tooling) say 64."""
-
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
+#: argparse exits 2 on a usage error; p31ctl and the daemons exit 64 (:mod:`microservices.core.usage`).
+_Parser = UsageParser
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import WatchError
 
 from microservices.core.redis_client import RedisClient
+from microservices.core.usage import EX_USAGE
 from microservices.governor.plan import InvalidPlan, entry_time, parse_plan
 from microservices.governor.records import DEAD_LETTER_ADDED_FIELDS
 from microservices.governor.settings import GovernorSettings
@@ -225,7 +226,7 @@ def render_show(letter: DeadLetter, now: float) -> str:
 
 
 def run_dlq(ctx: Context) -> int:
-    from microservices.ops.cli import EX_USAGE, UsageError
+    from microservices.ops.cli import UsageError
 
     args = ctx.args
     settings: GovernorSettings = ctx.settings(GovernorSettings)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import redis
 
+from microservices.devtools.daemon_process import ROOT
 from microservices.devtools.redis_server import RedisServer
 from tests.daemons import run_once
 
@@ -109,3 +112,14 @@ def test_a_metrics_port_already_taken_exits_70_without_touching_redis(
     assert result.returncode == 70, result.stderr
     assert "cannot serve metrics on 127.0.0.1:" in result.stderr
     assert _connections(r) == before
+
+
+@pytest.mark.parametrize("module", ["microservices.allocation_target", "microservices.governor"])
+def test_a_usage_error_exits_64_like_p31ctl(module: str) -> None:
+    """Issue 12: the daemons exited 2 on a usage error and p31ctl 64; one convention, EX_USAGE, for all."""
+    done = subprocess.run(
+        [sys.executable, "-m", module, "--log-format", "yaml"], cwd=ROOT, capture_output=True, text=True,
+        timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 64
+    assert "error: argument --log-format: invalid choice: 'yaml'" in done.stderr

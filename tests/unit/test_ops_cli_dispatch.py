@@ -8,7 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from microservices.ops.cli import EX_USAGE, build_parser, resolve_handler
+from microservices.core.usage import EX_USAGE
+from microservices.ops.cli import build_parser, resolve_handler
 
 ROOT = Path(__file__).resolve().parents[2]
 SUBCOMMAND_MODULES = (
