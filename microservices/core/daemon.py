@@ -17,7 +17,14 @@ from microservices.core.logs import LOG_FORMATS, setup_logging
 from microservices.core.redis_client import REDIS_ERRORS, describe_target, reconnect_backoff
 from microservices.core.runner import EX_OK, EX_UNAVAILABLE, ONCE_UNAVAILABLE_AFTER_SEC, LoopRunner, Step
 from microservices.core.secrets import Redactor, secret_values
-from microservices.core.settings import EX_CONFIG, CommonSettings, ConfigError, environment, load_settings
+from microservices.core.settings import (
+    EX_CONFIG,
+    CommonSettings,
+    ConfigError,
+    environment,
+    load_settings,
+    unread_variables,
+)
 from microservices.core.stop_signal import StopSignal
 from microservices.core.usage import UsageParser
 from microservices.core.version import build_info
@@ -155,6 +162,8 @@ def run_daemon(
     except ConfigError as exc:
         log.error("%s", exc)
         return EX_CONFIG
+    for unread in unread_variables(settings_class, env):
+        log.warning("%s", unread.message(prog), extra={"variable": unread.name, "closest": unread.closest})
     log.info(
         "%s %s starting: Redis at %s; settings %s",
         prog, build_info().describe(), describe_target(settings), settings.as_environment(),

@@ -8,6 +8,7 @@ object cannot exist. Any problem raises :class:`ConfigError`, which the daemons 
 
 from __future__ import annotations
 
+import difflib
 import io
 import ipaddress
 import os
@@ -282,6 +283,31 @@ def settings_errors(cls: type[Settings], env: Mapping[str, str]) -> list[ConfigE
         except ConfigError as exc:
             errors.append(exc)
     return errors
+
+
+#: The prefixes of the daemons' variables: a variable with one of them that a daemon does not read is most likely a
+#: misspelt one it does (``P31_GOV_MOD``), which would otherwise be ignored without a word.
+DAEMON_PREFIXES = ("P31_", "GOV_", "REDIS_", "PROPOSE_", "METRICS_", "LOOP_", "PERMIT_", "STREAM_")
+
+
+@dataclass(frozen=True)
+class UnreadVariable:
+    """A variable with a daemon's prefix that ``cls`` does not read, and the closest name it does read (or None)."""
+
+    name: str
+    closest: str | None
+
+    def message(self, reader: str) -> str:
+        hint = f"; did you mean {self.closest}?" if self.closest else ""
+        return f"{self.name} is set but {reader} does not read it{hint}"
+
+
+def unread_variables(cls: type[Settings], env: Mapping[str, str]) -> list[UnreadVariable]:
+    """The variables of ``env`` with :data:`DAEMON_PREFIXES` that ``cls`` does not read, sorted, each with the
+    closest of ``cls``'s own variables by :func:`difflib.get_close_matches`."""
+    known = [f.metadata[_ENV] for f in env_fields(cls)]
+    unread = sorted(name for name in env if name.startswith(DAEMON_PREFIXES) and name not in known)
+    return [UnreadVariable(name, next(iter(difflib.get_close_matches(name, known, n=1)), None)) for name in unread]
 
 
 # --- the environment -----------------------------------------------------------------------------------------------

@@ -123,3 +123,20 @@ def test_a_usage_error_exits_64_like_p31ctl(module: str) -> None:
     )  # fmt: skip
     assert done.returncode == 64
     assert "error: argument --log-format: invalid choice: 'yaml'" in done.stderr
+
+
+def test_a_misspelt_variable_is_warned_about_once_naming_the_closest_known_one(
+    r: redis.Redis, redis_server: RedisServer
+) -> None:
+    """Issue 12: ``P31_GOV_MOD=enforce`` was ignored without a word; the governor ran in hint mode."""
+    done = run_once(
+        GOVERNOR, redis_server.url,
+        {"P31_GOV_MOD": "enforce", "P31_DOWNSIZE_TRESHOLD": "0.3", "PROPOSE_KEY_TTL": "5", "GOV_CONSUMER": "t"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    warnings = [line.split(": ", 1)[1] for line in done.stderr.splitlines() if " WARNING " in line]
+    assert warnings == [
+        "P31_DOWNSIZE_TRESHOLD is set but governor does not read it; did you mean P31_DOWNSIZE_THRESHOLD?",
+        "P31_GOV_MOD is set but governor does not read it; did you mean P31_GOV_MODE?",
+        "PROPOSE_KEY_TTL is set but governor does not read it",
+    ]
