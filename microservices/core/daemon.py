@@ -164,9 +164,12 @@ def run_daemon(
         return EX_CONFIG
     for unread in unread_variables(settings_class, env):
         log.warning("%s", unread.message(prog), extra={"variable": unread.name, "closest": unread.closest})
+    # secrets redacted; with --log-format json the settings are an object: `jq .settings.P31_GOV_MODE` reads one
+    shown = settings.as_environment()
     log.info(
         "%s %s starting: Redis at %s; settings %s",
-        prog, build_info().describe(), describe_target(settings), settings.as_environment(),
+        prog, build_info().describe(), describe_target(settings), " ".join(f"{k}={v}" for k, v in shown.items()),
+        extra={"settings": shown, "redis": describe_target(settings), "version": build_info().describe()},
     )  # fmt: skip
     disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
     daemon_metrics = metrics(settings)

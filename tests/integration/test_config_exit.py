@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -140,3 +141,17 @@ def test_a_misspelt_variable_is_warned_about_once_naming_the_closest_known_one(
         "P31_GOV_MOD is set but governor does not read it; did you mean P31_GOV_MODE?",
         "PROPOSE_KEY_TTL is set but governor does not read it",
     ]
+
+
+def test_json_logs_give_the_start_up_settings_as_an_object_with_secrets_redacted(redis_server: RedisServer) -> None:
+    """Issue 12: ``--log-format json`` put the settings inside ``msg`` as a Python dict repr, useless to ``jq``."""
+    url = redis_server.url.replace("redis://", "redis://default:s3cr3t-pw@")
+    done = run_once(GOVERNOR, url, {"GOV_CONSUMER": "t", "P31_GOV_MODE": "enforce"}, "--log-format", "json")
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in done.stderr.splitlines()]
+    [start] = [r for r in records if "settings" in r]
+    assert start["settings"]["P31_GOV_MODE"] == "enforce"
+    assert (start["settings"]["GOV_CONSUMER"], start["settings"]["PERMIT_TTL_SEC"]) == ("t", 60)
+    assert start["settings"]["REDIS_URL"] == "<redacted>"
+    assert "{" not in start["msg"] and "P31_GOV_MODE=enforce" in start["msg"]
+    assert "s3cr3t-pw" not in done.stderr
