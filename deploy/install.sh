@@ -30,9 +30,10 @@ PREVIOUS="$ETC/previous-deployment"
 UNIT_DIR=/etc/systemd/system
 SERVICE_USER=quantum-p31
 KEEP_RELEASES=3
-HEALTH_TIMEOUT_SEC="${P31_HEALTH_TIMEOUT_SEC:-60}"
-# The system's python3: a Python under /root or /home is hidden from the daemons by their units' ProtectHome=.
-PYTHON="${P31_PYTHON:-/usr/bin/python3}"
+HEALTH_TIMEOUT_SEC=60
+# The system's python3 (INSTALL_PYTHON to choose another): a Python under /root or /home is hidden from the daemons
+# by their units' ProtectHome=.
+PYTHON="${INSTALL_PYTHON:-/usr/bin/python3}"
 # daemon name, unit, shipped env file (relative to the release), default metrics port
 DAEMONS=(
   "allocation-target quantum-allocation-target.service deploy/allocation-target.env 8065"
@@ -85,24 +86,27 @@ require_root() {
 
 check_python() {
   local real
-  [ -x "$PYTHON" ] || fail "no $PYTHON" "apt-get install python3 python3-venv"
+  [ -x "$PYTHON" ] || fail "no system python3 at $PYTHON" "apt-get install python3 python3-venv"
   real="$(readlink -f "$PYTHON")"
   case "$real" in
-    /root/* | /home/*) fail "$PYTHON is $real, under /root or /home, which the units' ProtectHome= hides" \
-      "set P31_PYTHON to a system python3, e.g. /usr/bin/python3" ;;
+    /root/* | /home/*) fail "python3 under /root or /home: $PYTHON is $real, which the units' ProtectHome= hides" \
+      "set INSTALL_PYTHON to a system python3, e.g. /usr/bin/python3" ;;
   esac
   "$PYTHON" -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null ||
-    fail "$PYTHON is not Python 3.11+ with venv" "apt-get install python3 python3-venv"
+    fail "not Python 3.11+ with venv: $PYTHON" "apt-get install python3 python3-venv"
   step "python: $real ($("$PYTHON" -c 'import platform; print(platform.python_version())'))"
 }
 
 # build_wheel: the wheel of $SRC in $WORK/dist (a throwaway venv builds it); sets WHEEL, VERSION and RELEASE.
 build_wheel() {
+  local log
   step "building the wheel of $SRC"
   "$PYTHON" -m venv "$WORK/build"
-  "$WORK/build/bin/pip" wheel --quiet --no-deps --wheel-dir "$WORK/dist" "$SRC" >"$WORK/build.log" 2>&1 ||
-    fail "building the wheel failed: $(tail -n 5 "$WORK/build.log" | tr '\n' ' ')" \
+  if ! "$WORK/build/bin/pip" wheel --quiet --no-deps --wheel-dir "$WORK/dist" "$SRC" >"$WORK/build.log" 2>&1; then
+    log="$(tail -n 5 "$WORK/build.log" | tr '\n' ' ')"
+    fail "building the wheel failed: $log" \
       "fix the checkout (git status) or the network to the package index, then run install again"
+  fi
   WHEEL="$(ls "$WORK"/dist/*.whl)"
   VERSION="$(helper wheel-version "$WHEEL")"
   RELEASE="$(helper release-name "$WHEEL")"
@@ -111,7 +115,7 @@ build_wheel() {
 
 # make_release: $RELEASES/$RELEASE with its venv and files; an incomplete one (an install that died) is made again.
 make_release() {
-  local dir="$RELEASES/$RELEASE"
+  local dir="$RELEASES/$RELEASE" log
   if [ -f "$dir/.complete" ]; then
     step "release $RELEASE is already built in $dir"
     return
@@ -120,11 +124,11 @@ make_release() {
   rm -rf "$dir"
   mkdir -p "$dir"
   "$PYTHON" -m venv "$dir/.venv"
-  "$dir/.venv/bin/pip" install --quiet "$WHEEL" >"$WORK/install.log" 2>&1 || {
+  if ! "$dir/.venv/bin/pip" install --quiet "$WHEEL" >"$WORK/install.log" 2>&1; then
     rm -rf "$dir"
-    fail "pip install of the release failed: $(tail -n 5 "$WORK/install.log" | tr '\n' ' ')" \
-      "check the network to the package index, then run install again"
-  }
+    log="$(tail -n 5 "$WORK/install.log" | tr '\n' ' ')"
+    fail "pip install of the release failed: $log" "check the network to the package index, then run install again"
+  fi
   local files=()
   for f in "${RELEASE_FILES[@]}"; do [ -e "$SRC/$f" ] && files+=("$f"); done
   tar -C "$SRC" --exclude=__pycache__ -cf - "${files[@]}" | tar -C "$dir" -xf -
@@ -386,7 +390,7 @@ cmd_install() {
   make_release
   env_files "$RELEASES/$RELEASE"
   check_env "$RELEASES/$RELEASE" ||
-    fail "an env file in $ETC is refused by release $RELEASE (above); nothing was switched, ${current:-no release} still runs" \
+    fail "an env file in $ETC is refused by release $RELEASE (above); nothing was switched, ${current:-nothing} runs as before" \
       "fix the variable named above (see $ETC/*.env.new for the shipped defaults), then run install again"
   find_previous_deployment
   if activate "$RELEASE"; then

@@ -32,7 +32,7 @@
 # REDIS_HOST, REDIS_PORT, REDIS_DB and REDIS_PASSWORD (default localhost:6379, database 0, no password);
 # PROPOSE_STREAM_NAME and PROPOSE_KEY_TTL. PYTHON: the interpreter (default <repo>/.venv/bin/python).
 # On the VPS, with the service's own settings (root:quantum-p31 0640: as root or that group):
-#   /opt/quantum/p31/scripts/proof_p31_step1_allocation_shadow.sh --env-file /etc/quantum/p31/allocation-target.env
+#   /opt/quantum/p31/current/scripts/proof_p31_step1_allocation_shadow.sh --env-file /etc/quantum/p31/allocation-target.env
 #
 # CAUTION: against a live system, whatever else reads quantum:allocation:target:* sees the run's live targets while
 # it lasts (seconds; up to a minute without --spawn). Its symbols, P31PROOF1<CASE>USDT-<run>, are test-only: no

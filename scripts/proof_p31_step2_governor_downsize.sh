@@ -40,7 +40,7 @@
 # --spawn, STREAM_PLANS (the plans go to the running service's stream) and GOV_GROUP; PERMIT_TTL_SEC. PYTHON: the
 # interpreter (default <repo>/.venv/bin/python).
 # On the VPS, with the service's own settings (root:quantum-p31 0640: as root or that group):
-#   /opt/quantum/p31/scripts/proof_p31_step2_governor_downsize.sh --env-file /etc/quantum/p31/governor.env
+#   /opt/quantum/p31/current/scripts/proof_p31_step2_governor_downsize.sh --env-file /etc/quantum/p31/governor.env
 #
 # What it touches: only keys of its own symbols and plan_ids (efficiency hashes, permits, blocks, outcome markers,
 # gates) and its own entries on the events stream and, without --spawn, on the plans and dead-letter streams; with

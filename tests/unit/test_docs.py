@@ -451,6 +451,27 @@ def acl_users_of_the_security_tests() -> dict[str, str]:
     return dict(ACL_USERS.values())
 
 
+# --- install.sh's failure messages ---------------------------------------------------------------------------------
+
+INSTALL_SCRIPT = "deploy/install.sh"
+#: ``fail "MESSAGE" "NEXT"`` in install.sh: the message is the first argument.
+FAIL_CALL = re.compile(r'\bfail "((?:[^"\\]|\\.)*)"')
+SHELL_EXPANSION = re.compile(r"\$\{[^}]*\}|\$[A-Za-z_][A-Za-z0-9_]*")
+
+
+def failure_message_problems(text: str, script: str) -> list[str]:
+    """Every failure ``install.sh`` can print is quoted in the doc (as a code span), each shell expansion of the
+    message shown as a placeholder such as ``<name>`` or as an example value."""
+    spans = Markdown(text).code()
+    problems: list[str] = []
+    for message in FAIL_CALL.findall(script):
+        parts = [part for part in re.split(f"({SHELL_EXPANSION.pattern})", message) if part]
+        pattern = "".join(".+?" if SHELL_EXPANSION.fullmatch(part) else re.escape(part) for part in parts)
+        if not any(re.fullmatch(pattern, span.strip()) for span in spans):
+            problems.append(f"install.sh can fail with {message!r}, which the doc does not quote")
+    return problems
+
+
 # --- paths ---------------------------------------------------------------------------------------------------------
 
 
@@ -508,6 +529,12 @@ def test_every_repo_path_exists(doc: str) -> None:
 @pytest.mark.parametrize("doc", DOCS)
 def test_every_unit_directive_quoted_is_in_the_units(doc: str) -> None:
     assert unit_directive_problems(read(doc), unit_directives()) == []
+
+
+def test_every_failure_of_install_sh_is_explained() -> None:
+    script = read(INSTALL_SCRIPT)
+    assert len(FAIL_CALL.findall(script)) >= 10
+    assert failure_message_problems(read(DEPLOYMENT_DOC), script) == []
 
 
 def test_the_deployment_doc_gives_the_tested_acl_rules() -> None:
@@ -593,3 +620,11 @@ def test_acl_rules_other_than_the_tested_ones_are_caught() -> None:
 def test_a_unit_directive_the_units_do_not_have_is_caught() -> None:
     text = "The unit restarts after `RestartSec=10`, runs `Type=simple`; `P31_GOV_MODE=off` is a setting."
     assert len(unit_directive_problems(text, unit_directives())) == 2
+
+
+def test_an_unexplained_failure_of_install_sh_is_caught() -> None:
+    script = 'fail "release $RELEASE exploded at ${when:-dawn}" "next"\n'
+    assert failure_message_problems("`release <name> exploded at <time>`", script) == []
+    assert failure_message_problems("`release <name> exploded`", script) == [
+        "install.sh can fail with 'release $RELEASE exploded at ${when:-dawn}', which the doc does not quote"
+    ]
