@@ -231,14 +231,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="append an execution plan to the plans stream",
         description="Append a plan to STREAM_PLANS (or --stream); fields are written as given.",
     )
-    inject_plan.add_argument("--plan-id", required=True, metavar="ID")
-    inject_plan.add_argument("--symbol", required=True, metavar="SYM")
-    inject_plan.add_argument("--action", default="OPEN_LONG", metavar="A")
-    inject_plan.add_argument("--decision", default="EXECUTE", metavar="D")
-    inject_plan.add_argument("--side", default="BUY", metavar="SIDE")
-    inject_plan.add_argument("--qty", default="1.0", metavar="Q")
+    inject_plan.add_argument("--plan-id", required=True, metavar="ID", help="plan_id field (required)")
+    inject_plan.add_argument(
+        "--symbol", required=True, metavar="SYM", help="symbol field (required; a test symbol unless --force)"
+    )
+    inject_plan.add_argument("--action", default="OPEN_LONG", metavar="A", help="action field (default %(default)s)")
+    inject_plan.add_argument("--decision", default="EXECUTE", metavar="D", help="decision field (default %(default)s)")
+    inject_plan.add_argument(
+        "--side", metavar="SIDE", help="side field (default: the side that carries out --action: SELL for CLOSE_LONG)"
+    )
+    inject_plan.add_argument("--qty", default="1.0", metavar="Q", help="qty field (default %(default)s)")
     inject_plan.add_argument("--reduce-only", metavar="V", help="reduceOnly field (true/1 makes the plan reducing)")
-    inject_plan.add_argument("--kill-score", metavar="K")
+    inject_plan.add_argument("--kill-score", metavar="K", help="kill_score field (default: none)")
     inject_plan.add_argument("--timestamp", metavar="T", help="timestamp field (default: now)")
     inject_plan.add_argument(
         "--field", action="append", default=[], metavar="NAME=VALUE", help="any other field (repeatable)"

@@ -93,6 +93,19 @@ def inject_live_target(
     return key
 
 
+def side_for(action: str) -> str:
+    """The order side that carries ``action`` out, as a producer would write it: opening a long or closing a short
+    buys, opening a short or closing a long (``CLOSE_LONG``, ``PARTIAL_CLOSE_LONG``) sells; BUY when the action
+    names no direction (``FULL_CLOSE_PROPOSED``)."""
+    name = action.upper()
+    opening = name.startswith("OPEN")
+    if name.endswith("LONG"):
+        return "BUY" if opening else "SELL"
+    if name.endswith("SHORT"):
+        return "SELL" if opening else "BUY"
+    return "BUY"
+
+
 @dataclass(frozen=True)
 class PlanSpec:
     """The fields of an execution plan as a producer writes them; ``None`` leaves a field out."""

@@ -15,6 +15,7 @@ from microservices.ops.inject import (
     inject_live_target,
     inject_plan,
     is_test_symbol,
+    side_for,
 )
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ def run_inject_plan(ctx: Context) -> int:
         symbol=args.symbol,
         action=args.action,
         decision=args.decision,
-        side=args.side,
+        side=args.side if args.side is not None else side_for(args.action),
         qty=args.qty,
         reduce_only=args.reduce_only,
         kill_score=args.kill_score,

@@ -370,3 +370,29 @@ def test_explain_of_a_symbol_without_live_target_says_so_and_names_the_closest(
     assert (document["live_target"], document["did_you_mean"]) == (False, "SOL")
     known = as_json(p31ctl(redis_server.url, "explain", "SOL", "--json"))
     assert (known["live_target"], known["did_you_mean"]) == (True, None)
+
+
+@pytest.mark.parametrize(
+    ("action", "side"), [("OPEN_LONG", "BUY"), ("CLOSE_LONG", "SELL"), ("OPEN_SHORT", "SELL"), ("CLOSE_SHORT", "BUY")]
+)
+def test_inject_plan_sends_the_side_that_carries_out_its_action(
+    action: str, side: str, r: redis.Redis, redis_server: RedisServer
+) -> None:
+    """Issue 12: ``--action CLOSE_LONG`` still sent ``side=BUY``."""
+    document = as_json(p31ctl(redis_server.url, "inject-plan", "--plan-id", "p", "--symbol", "P31TESTA",
+                              "--action", action, "--json"))  # fmt: skip
+    assert document["fields"]["side"] == side
+    forced = as_json(p31ctl(redis_server.url, "inject-plan", "--plan-id", "q", "--symbol", "P31TESTA",
+                            "--action", action, "--side", "BUY", "--json"))  # fmt: skip
+    assert forced["fields"]["side"] == "BUY"
+
+
+def test_inject_plan_help_shows_every_default(capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 12: ``inject-plan --help`` hid its defaults."""
+    with pytest.raises(SystemExit):
+        main(["inject-plan", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    for default in ("action field (default OPEN_LONG)", "decision field (default EXECUTE)", "qty field (default 1.0)",
+                    "side field (default: the side that carries out --action: SELL for CLOSE_LONG)",
+                    "timestamp field (default: now)", "stream to append to (default: STREAM_PLANS)"):  # fmt: skip
+        assert default in shown
