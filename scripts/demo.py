@@ -422,7 +422,7 @@ def check_proposer(
 
 def proposer_section(server: RedisServer) -> list[str]:
     """Seed, run, print and check the proposer; returns the failures."""
-    print("=== Step 1: allocation-target shadow proposer (SPEC §1, §2) ===")
+    print("=== Step 1: allocation-target shadow proposer (docs: Efficiency classification, Multiplier) ===")
     client = server.client()
     try:
         cases = seed_proposer_demo(client, time.time())
@@ -867,7 +867,7 @@ def _check_governor_metrics(results: Sequence[PlanResult], text: str) -> list[st
 
 def governor_section(server: RedisServer) -> list[str]:
     """Publish plans, run, print and check the governor, against the proposer's Redis; returns the failures."""
-    print("=== Step 2: governor (SPEC §3), on the efficiency hashes above ===")
+    print("=== Step 2: governor (docs: Governor decision order, Downsize hint), on the efficiency hashes above ===")
     cases = governor_cases()
     early = [case for case in cases if not case.late]
     late = [case for case in cases if case.late]
@@ -948,7 +948,10 @@ def main() -> int:
     if failures:
         print(f"demo FAILED ({len(failures)} problems) in {time.monotonic() - started:.1f}s")
         return 1
-    print(f"demo OK: every symbol and every plan came out as SPEC §1-§3 say, in {time.monotonic() - started:.1f}s")
+    print(
+        "demo OK: every symbol and every plan came out as docs/P3.1_STEP1_STEP2_INTEGRATION.md says, in "
+        f"{time.monotonic() - started:.1f}s"
+    )
     return 0
 
 

@@ -172,9 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain = sub.add_parser(
         "explain",
         parents=[common],
-        help="every check of SPEC §1-§3 for one symbol, with the values it looked at",
-        description="Walk one symbol through the efficiency classification (SPEC §1), the proposer's multiplier "
-        "(§2) and the governor's downsize hint (§3), naming the check that decided the reason.",
+        help="every check of the efficiency reading, multiplier and downsize hint for one symbol, with its values",
+        description="Walk one symbol through the efficiency classification, the proposer's multiplier and the "
+        "governor's downsize hint (docs/P3.1_STEP1_STEP2_INTEGRATION.md), naming the check that decided the reason.",
     )
     explain.add_argument("symbol", metavar="SYMBOL")
     explain.add_argument(
