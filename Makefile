@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test lint unit bench bench-governor soak stop-stress chaos clean
+.PHONY: demo dev test lint unit bench bench-governor soak stop-stress chaos clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,10 @@ $(INSTALLED): pyproject.toml
 
 demo: $(INSTALLED)
 	$(BIN)/python scripts/demo.py
+
+# A throwaway Redis, both daemons and .dev/p31.env for p31ctl, until Ctrl-C: the local walkthrough.
+dev: $(INSTALLED)
+	$(BIN)/python scripts/dev.py
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
