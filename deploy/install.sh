@@ -238,7 +238,7 @@ install_units() {
   for entry in "${DAEMONS[@]}"; do
     read -r name unit shipped port <<<"$entry"
     step "installing $UNIT_DIR/$unit"
-    act install -m 0644 "$rel/deploy/systemd/$unit" "$UNIT_DIR/$unit"
+    act install -m 0644 "$rel/deploy/systemd/$unit" "$UNIT_DIR/$unit" || return 1
   done
   step "systemctl daemon-reload"
   act systemctl daemon-reload
@@ -277,8 +277,7 @@ restart_checked() {
 # switch_to RELEASE: point $CURRENT at it atomically (a new symlink renamed over the old one).
 switch_to() {
   step "switching $CURRENT to releases/$1"
-  act ln -sfn "releases/$1" "$BASE/.current.new"
-  act mv -T "$BASE/.current.new" "$CURRENT"
+  act ln -sfn "releases/$1" "$BASE/.current.new" && act mv -T "$BASE/.current.new" "$CURRENT"
 }
 
 history_push() {
@@ -298,13 +297,14 @@ previous_release() {
   if [ -f "$HISTORY" ]; then tail -n 2 "$HISTORY" | head -n -1; fi
 }
 
-# activate RELEASE: its units, current switched to it, both daemons restarted and checked. Returns 1 if unhealthy.
+# activate RELEASE: its units, current switched to it, both daemons restarted and checked. Returns 1 if a step failed
+# or a daemon is unhealthy. (Called as an `if` condition, where `set -e` does not apply: each step is checked here.)
 activate() {
   local rel="$RELEASES/$1" version="<version>"
   [ "$DRY_RUN" -eq 1 ] && [ ! -d "$rel" ] && rel="$SRC"
   [ -f "$rel/.version" ] && version="$(cat "$rel/.version")"
-  install_units "$rel"
-  switch_to "$1"
+  install_units "$rel" || return 1
+  switch_to "$1" || return 1
   restart_checked "$version"
 }
 
