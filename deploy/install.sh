@@ -151,7 +151,7 @@ ensure_user() {
 # write the shipped file as *.env.new and list the variables that differ. Never overwrites an operator's file.
 env_files() {
   local rel="$1" entry name unit shipped port target
-  act install -d -m 0750 -o root -g "$SERVICE_USER" "$ETC"
+  [ -d "$ETC" ] || act install -d -m 0750 -o root -g "$SERVICE_USER" "$ETC"
   for entry in "${DAEMONS[@]}"; do
     read -r name unit shipped port <<<"$entry"
     target="$ETC/$name.env"
@@ -191,7 +191,7 @@ check_env() {
 # find_previous_deployment: units of our names that do not run $CURRENT are the deployment before P3.1: keep a copy of
 # their unit and env files (and whether they were enabled and active) in $PREVIOUS, then stop them.
 find_previous_deployment() {
-  local entry name unit shipped port file found=0 env
+  local entry name unit shipped port file found=0 env enabled active
   for entry in "${DAEMONS[@]}"; do
     read -r name unit shipped port <<<"$entry"
     file="$UNIT_DIR/$unit"
@@ -207,11 +207,11 @@ find_previous_deployment() {
       read -r name unit shipped port <<<"$entry"
       file="$UNIT_DIR/$unit"
       [ -e "$file" ] || continue
-      printf 'p31-install:   %s: %s, %s\n' "$unit" "$(systemctl is-enabled "$unit" 2>/dev/null || true)" \
-        "$(systemctl is-active "$unit" 2>/dev/null || true)"
+      enabled="$(systemctl is-enabled "$unit" 2>/dev/null || true)"
+      active="$(systemctl is-active "$unit" 2>/dev/null || true)"
+      step "$unit was ${enabled:-disabled} and ${active:-inactive}"
       keep_file "$file"
-      [ "$DRY_RUN" -eq 1 ] || printf 'unit %s %s %s\n' "$unit" "$(systemctl is-enabled "$unit" 2>/dev/null || echo disabled)" \
-        "$(systemctl is-active "$unit" 2>/dev/null || echo inactive)" >>"$PREVIOUS/manifest"
+      [ "$DRY_RUN" -eq 1 ] || printf 'unit %s %s %s\n' "$unit" "${enabled:-disabled}" "${active:-inactive}" >>"$PREVIOUS/manifest"
       while read -r env; do
         if [ -e "$env" ]; then keep_file "$env"; fi
       done < <(sed -n 's/^EnvironmentFile=-\{0,1\}//p' "$file")

@@ -565,7 +565,10 @@ def test_the_deployment_before_p31_is_kept_and_restored_by_rollback(sources: Sou
             path.write_text(LEGACY_UNIT.format(name=name))
             path.chmod(0o644)
         vps.systemctl("daemon-reload", check=True)
-        vps.systemctl("enable", "--now", *UNITS, check=True)
+        # the old governor runs; the old proposer is installed but disabled and stopped
+        vps.systemctl("enable", "--now", GOVERNOR, check=True)
+        states = {unit: vps.show(unit, "ActiveState", "UnitFileState") for unit in UNITS}
+        assert states[PROPOSER] == {"ActiveState": "inactive", "UnitFileState": "disabled"}
         legacy = {**tree(vps, ENV_DIR), **tree(vps, *(f"/etc/systemd/system/{unit}" for unit in UNITS))}
         contents = {path: vps.path(f"/{path}").read_bytes() for path in legacy if vps.path(f"/{path}").is_file()}
 
@@ -584,7 +587,6 @@ def test_the_deployment_before_p31_is_kept_and_restored_by_rollback(sources: Sou
         assert {path: vps.path(f"/{path}").read_bytes() for path in contents} == contents
         assert not any(path.endswith(".env.new") for path in restored), sorted(restored)
         for unit in UNITS:
-            state = vps.show(unit, "ActiveState", "UnitFileState", "ExecStart")
-            assert (state["ActiveState"], state["UnitFileState"]) == ("active", "enabled"), state
-            assert "path=/bin/sleep" in state["ExecStart"]
+            assert vps.show(unit, "ActiveState", "UnitFileState") == states[unit]
+            assert "path=/bin/sleep" in vps.show(unit, "ExecStart")["ExecStart"]
         assert not vps.path(f"{BASE}/current").exists()
