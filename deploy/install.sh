@@ -466,7 +466,7 @@ cmd_uninstall() {
 }
 
 cmd_status() {
-  local current entry name unit shipped port url dir marker
+  local current previous entry name unit shipped port url dir marker enabled active
   current="$(current_release)"
   step "releases in $RELEASES:"
   for dir in "$RELEASES"/*/; do
@@ -476,12 +476,15 @@ cmd_status() {
     [ "$name" = "$current" ] && marker="*"
     printf 'p31-install:  %s %s\n' "$marker" "$name"
   done
-  step "current: ${current:-none}; previous: $(previous_release || true)"
+  previous="$(previous_release)"
+  step "current: ${current:-none}; a rollback goes back to: ${previous:-$([ -e "$PREVIOUS/manifest" ] && echo "the deployment before P3.1" || echo nothing)}"
   [ -e "$PREVIOUS/manifest" ] && step "the deployment before P3.1 is kept in $PREVIOUS"
   for entry in "${DAEMONS[@]}"; do
     read -r name unit shipped port <<<"$entry"
     url="$("$PYTHON" "$HELPER" healthz-url "$ETC/$name.env" "$port")"
-    step "$unit: $(systemctl is-enabled "$unit" 2>/dev/null || true), $(systemctl is-active "$unit" 2>/dev/null || true); $url: $(
+    enabled="$(systemctl is-enabled "$unit" 2>/dev/null || true)"
+    active="$(systemctl is-active "$unit" 2>/dev/null || true)"
+    step "$unit: ${enabled:-not installed}, ${active:-unknown}; $url: $(
       "$PYTHON" -c 'import sys, urllib.request, urllib.error
 try:
     r = urllib.request.urlopen(sys.argv[1], timeout=3); print(r.status, r.read().decode())

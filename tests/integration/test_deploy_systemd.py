@@ -207,6 +207,11 @@ def test_1_install_on_a_clean_vps_runs_both_daemons(deployed: Deployment) -> Non
         status, body = deployed.healthz(unit)
         assert status == 200
         assert body["version"] == release_version(deployed)
+    status, shown = deployed.script(deployed.sources.r1, "status")
+    assert status == 0, shown
+    assert f"p31-install:  * {deployed.current()}" in shown, shown
+    for unit in UNITS:
+        assert f"{unit}: enabled, active; http://127.0.0.1:{deployed.ports[unit]}/healthz: 200 " in shown, shown
     # the operator's env files are kept; the shipped ones are beside them
     assert "REDIS_URL=" in vps.path(f"{ENV_DIR}/governor.env").read_text()
     assert "REDIS_HOST=localhost" in vps.path(f"{ENV_DIR}/governor.env.new").read_text()
