@@ -49,7 +49,7 @@ def unavailable_reason() -> str | None:
     """Why this machine cannot boot a :class:`SystemdVps` (None when it can)."""
     if os.geteuid() != 0:
         return "not root (booting systemd in namespaces needs root)"
-    for tool in ("unshare", "nsenter", "mount", "pivot_root"):
+    for tool in ("unshare", "nsenter", "setpriv", "mount", "pivot_root"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed (util-linux)"
     if not SYSTEMD.exists():
@@ -100,14 +100,16 @@ class SystemdVps:
         for cgroup in cgroups:
             cgroup.mkdir()
         join = " ".join(f"echo $$ > {cgroup / 'cgroup.procs'};" for cgroup in cgroups)
-        # --kill-child: systemd gets SIGKILL (PR_SET_PDEATHSIG) whenever unshare dies, even by SIGKILL.
+        # setpriv --pdeathsig: unshare gets SIGKILL when this process dies, even by SIGKILL (a test run killed);
+        # --kill-child: systemd gets SIGKILL whenever unshare dies. So no VPS outlives the process that booted it.
         command = (
             f"{join} exec unshare --pid --fork --kill-child=SIGKILL --mount --uts --propagation private"
             f" -- bash {BOOT_SCRIPT} {self._scratch}"
         )
         with self.console_log.open("wb") as console:
             self._unshare = subprocess.Popen(
-                ["sh", "-c", command], stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
+                ["setpriv", "--pdeathsig", "KILL", "--", "sh", "-c", command],
+                stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
                 env=BASE_ENV, start_new_session=True,
             )  # fmt: skip
         try:
@@ -157,10 +159,13 @@ class SystemdVps:
                 os.kill(self.pid, signal.SIGKILL)
             self.pid = None
         if self._unshare is not None:
-            if self._unshare.poll() is None:
+            # unshare reaps systemd, then exits; killed only if it does not (a zombie would keep systemd's PID)
+            try:
+                self._unshare.wait(timeout=10)
+            except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self._unshare.pid, signal.SIGKILL)
-            self._unshare.wait(timeout=30)
+                self._unshare.wait(timeout=30)
             self._unshare = None
         for cgroup in self._cgroups():
             self._remove_cgroup(cgroup)
