@@ -162,6 +162,7 @@ class FaultRunner:
         self._say = say
         self.injected: Counter[str] = Counter()
         self.given_up: Counter[str] = Counter()
+        self._count_lock = threading.Lock()
         #: Failures of the harness itself (a fault that could not be carried out): the run cannot vouch for itself.
         self.errors: list[str] = []
         self._kind_locks = {kind: threading.Lock() for kind in FaultKind}
@@ -203,10 +204,8 @@ class FaultRunner:
             self.errors.append(f"{fault.describe()}: {type(exc).__name__}: {exc}")
             self._say(f"fault failed: {fault.describe()}: {traceback.format_exc(limit=3)}")
             return
-        if done:
-            self.injected[fault.kind.value] += 1
-        else:
-            self.given_up[fault.kind.value] += 1
+        with self._count_lock:  # faults end in threads of their own
+            (self.injected if done else self.given_up)[fault.kind.value] += 1
 
     def _inject(self, fault: Fault) -> bool:
         self._say(f"t={time.monotonic() - self._started:6.1f}s fault {fault.describe()}")
