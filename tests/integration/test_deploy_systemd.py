@@ -547,6 +547,29 @@ def test_9_dry_runs_change_nothing_and_uninstall_keeps_the_env_files(deployed: D
     assert set(client.keys("*")) == keys
 
 
+def test_9_a_dry_run_on_a_clean_vps_shows_every_step_and_changes_nothing(sources: Sources) -> None:
+    """Without env files, install would create them from the shipped ones (with REDIS_HOST=localhost: never run for
+    real here, where 6379 is this machine's own Redis)."""
+    with SystemdVps() as vps:
+        deployment = Deployment(vps, None, sources, {})  # type: ignore[arg-type]  # no daemon runs
+        watched = (BASE, ENV_DIR, "/etc/systemd/system")
+        before = tree(vps, *watched)
+        status, output = deployment.script(sources.r1, "install", "--dry-run")
+        assert status == 0, output
+        for expected in (
+            "would run: useradd --system --user-group",
+            f"creating {ENV_DIR}/allocation-target.env from the shipped deploy/allocation-target.env",
+            f"creating {ENV_DIR}/governor.env from the shipped deployment/config/governor.env",
+            f"would run: install -m 0644 /srv/checkouts/r1/deploy/systemd/{PROPOSER} /etc/systemd/system/{PROPOSER}",
+            f"would run: mv -T {BASE}/.current.new {BASE}/current",
+            f"would run: systemctl restart --no-block {GOVERNOR}",
+        ):
+            assert expected in output, output
+        assert all(line.startswith("p31-install: ") for line in output.splitlines()), output
+        assert tree(vps, *watched) == before
+        assert vps.run("getent", "passwd", SERVICE_USER).returncode != 0
+
+
 # --- coming from the deployment before P3.1 -------------------------------------------------------------------------
 
 LEGACY_UNIT = """[Unit]
