@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install, upgrade, roll back, remove or show the P3.1 daemons on the VPS (SPEC §8). Run as root from a checkout (or an
+# Install, upgrade, roll back, remove or show the P3.1 daemons on the VPS. Run as root from a checkout (or an
 # unpacked release):
 #
 #   deploy/install.sh [install|rollback|uninstall|status] [--dry-run]
