@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import cast
@@ -66,6 +66,9 @@ class LoopSummary:
     symbols: int = 0
     proposed: Counter[str] = field(default_factory=Counter)
     skipped: Counter[str] = field(default_factory=Counter)
+    #: Sums of the live and the proposed targets of the proposals written, by efficiency reason.
+    live_usd: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
+    proposed_usd: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
     interrupted: bool = False
     #: For each problem ("invalid_eff", "skipped invalid_target", ...): how many symbols, and the first few, explained.
     problems: Counter[str] = field(default_factory=Counter)
@@ -212,6 +215,7 @@ class Proposer:
                     series[decision.symbol] = (decision.multiplier, reading.score, reading.confidence)
         if not summary.interrupted:
             self._metrics.per_symbol.publish(series)
+            self._metrics.publish_usd_totals(summary.live_usd, summary.proposed_usd)
         elapsed = time.perf_counter() - started
         self._metrics.loops.inc()
         self._metrics.loop_duration.observe(elapsed)
@@ -240,6 +244,9 @@ class Proposer:
                 continue
             reason = decision.reading.reason
             proposed[reason.value] += 1
+            summary.live_usd[reason.value] += decision.base_target
+            summary.proposed_usd[reason.value] += decision.proposed_target
+            self._metrics.proposal_multiplier.observe(decision.multiplier)
             if reason in _WARN_REASONS:
                 redis_errors += reason is EffReason.REDIS_ERROR
                 summary.note_problem(

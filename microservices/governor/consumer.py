@@ -34,8 +34,9 @@ from redis.exceptions import ResponseError, WatchError
 from microservices.core.redis_client import REDIS_ERRORS, RedisClient
 from microservices.governor.batch import PERMIT, BatchIO, Decided, Delivery, Parsed
 from microservices.governor.decision import Event, Outcome, Reason
+from microservices.governor.enforce_effect import enforce_effect
 from microservices.governor.metrics import BatchTally, GovernorMetrics
-from microservices.governor.plan import entry_time
+from microservices.governor.plan import Plan, entry_time
 from microservices.governor.records import OutcomeMarker
 from microservices.governor.settings import GovernorSettings
 
@@ -514,6 +515,8 @@ class Governor:
             event, reason = outcome.event.value, outcome.reason.value
             tally.outcomes[event, reason] += 1
             tally.latencies.append(max(0.0, finished - entry_time(item.delivery.entry_id)))
+            if isinstance(plan, Plan):
+                tally.add_effect(enforce_effect(plan, outcome))
             if outcome.event is Event.PERMIT and outcome.hint is not None:
                 hint = outcome.hint
                 tally.eff_apply[hint.action.value, hint.reason] += 1

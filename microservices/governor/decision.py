@@ -8,7 +8,7 @@ recorded (a re-delivery) is only acknowledged, and an entry delivered too often 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum, StrEnum
 
 from microservices.core.efficiency import EfficiencyReading
@@ -19,7 +19,7 @@ from microservices.governor.downsize import (
     downsize_hint,
     reduce_only_hint,
 )
-from microservices.governor.gate import EMPTY_GATE, GateLimits, GateState, gate_block
+from microservices.governor.gate import EMPTY_GATE, GateLimits, GateState, gate_block, held_by_extra_cooldown
 from microservices.governor.plan import EXECUTE, InvalidPlan, Plan
 from microservices.governor.settings import GovernorSettings, Mode
 
@@ -175,6 +175,9 @@ class Outcome:
     computed_qty: float = 0.0
     computed_notional: float = 0.0
     gate_after: GateState | None = None
+    #: The last permit's extra cooldown, and it alone, holds this plan back in ``enforce`` mode: a ``cooldown``
+    #: block there, a permit ``enforce`` would have blocked in ``hint`` mode (what switching would change).
+    extra_cooldown_held: bool = False
 
 
 def _block(reason: Reason, detail: str) -> Outcome:
@@ -219,14 +222,18 @@ def decide(plan: Plan | InvalidPlan, facts: Facts, policy: Policy) -> Outcome:
         return _block(Reason.KILL_SWITCH_REDUCE_ONLY, "quantum:kill is reduce")
     hint = hint_for(plan, facts.reading, policy)
     gate_after = None
+    extra_held = False
     if not reducing:  # 6
         if plan.kill_score_problem is not None:  # a risk score that cannot be read holds the plan back
             return _block(Reason.KILL_SCORE, plan.kill_score_problem)
         if plan.kill_score is not None and plan.kill_score >= policy.kill_score_critical:
             return _block(Reason.KILL_SCORE, f"kill_score {plan.kill_score:g} >= {policy.kill_score_critical:g}")
         held = gate_block(facts.gate, policy.gate, facts.now)
+        # a rate-limited plan is held back whatever the cooldown: only a permit or a cooldown block can owe it to this
+        if held in (None, Reason.COOLDOWN.value):
+            extra_held = held_by_extra_cooldown(facts.gate, policy.gate, facts.now)
         if held is not None:
-            return _block(Reason(held), f"symbol {plan.symbol} gate: {held}")
+            return replace(_block(Reason(held), f"symbol {plan.symbol} gate: {held}"), extra_cooldown_held=extra_held)
         gate_after = facts.gate.after_permit(facts.now, hint.extra_cooldown_sec)
     scale = hint.factor if policy.mode == "enforce" else 1.0
     return Outcome(  # 7
@@ -236,4 +243,5 @@ def decide(plan: Plan | InvalidPlan, facts: Facts, policy: Policy) -> Outcome:
         computed_qty=plan.qty * scale,
         computed_notional=plan.notional * scale,
         gate_after=gate_after,
+        extra_cooldown_held=extra_held,
     )

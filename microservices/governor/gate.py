@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from microservices.core.numbers import Raw, show_raw
 
@@ -136,3 +136,12 @@ def gate_block(state: GateState, limits: GateLimits, now: float) -> str | None:
     if permits_within(state, ONE_HOUR, now) >= limits.max_per_hour:
         return "rate_limit_hour"
     return None
+
+
+def held_by_extra_cooldown(state: GateState, limits: GateLimits, now: float) -> bool:
+    """Whether the last permit's extra cooldown, and it alone, holds a non-reducing plan back now: the base cooldown
+    has ended (or is off) but base plus extra has not. It is what ``enforce`` adds to ``hint`` at this step, so
+    ``hint`` mode can count the plans it lets through that ``enforce`` would block, from the very gate state it
+    judged them by (no other read), and ``enforce`` mode the blocks it owes to the extra cooldown."""
+    base = cooldown_left(state, replace(limits, apply_extra_cooldown=False), now)
+    return base == 0 and cooldown_left(state, replace(limits, apply_extra_cooldown=True), now) > 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram
@@ -14,6 +14,7 @@ from microservices.core.symbol_metrics import RecentSymbols, label_text
 from microservices.core.version import register_build_info
 from microservices.governor.decision import BLOCK_REASONS, DEAD_LETTER_REASONS, Event, Reason
 from microservices.governor.downsize import DISABLED, REDUCE_ONLY, EffAction
+from microservices.governor.enforce_effect import EnforceEffect, SizeUnit
 from microservices.governor.settings import Mode
 
 #: From a plan's stream id time to its outcome written; the apply layer waits at most 1.2 s for a permit.
@@ -45,6 +46,21 @@ class BatchTally:
     #: symbol -> (permits, factor of the last one)
     permits: dict[str, tuple[int, float]] = field(default_factory=dict)
     blocks: Counter[tuple[str, str]] = field(default_factory=Counter)
+    #: What ``enforce`` would change (see :mod:`microservices.governor.enforce_effect`), summed over the batch.
+    requested_size: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
+    enforce_size: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
+    enforce_downsized: int = 0
+    extra_cooldown_blocks: int = 0
+
+    def add_effect(self, effect: EnforceEffect | None) -> None:
+        if effect is None:
+            return
+        for unit, size in effect.requested.items():
+            self.requested_size[unit.value] += size
+        for unit, size in effect.enforced.items():
+            self.enforce_size[unit.value] += size
+        self.enforce_downsized += effect.downsized
+        self.extra_cooldown_blocks += effect.extra_cooldown_block
 
 
 def eff_apply_labels(mode: Mode) -> list[tuple[str, str]]:
@@ -106,7 +122,32 @@ class GovernorMetrics:
             "quantum_govern_last_success_timestamp_seconds", "End of the last successful read or batch, epoch",
             registry=registry,
         )  # fmt: skip
+        # "If enforced": counters, so that increase() answers for any window what switching P31_GOV_MODE would change
+        self.requested_size = CounterMetric(
+            "p32_eff_requested_size",
+            "Size the permitted plans asked for (unit: qty, or notional in USD), summed over permits",
+            ["unit"],
+            registry=registry,
+        )
+        self.enforce_size = CounterMetric(
+            "p32_eff_enforce_size",
+            "Size enforce mode permits for the same permits: requested size x downsize factor (in enforce mode, what "
+            "was permitted)",
+            ["unit"],
+            registry=registry,
+        )
+        self.enforce_downsized = CounterMetric(
+            "p32_eff_enforce_downsized", "Permits enforce mode shrinks (eff_action DOWNSIZE)", registry=registry
+        )
+        self.extra_cooldown_blocks = CounterMetric(
+            "p32_eff_extra_cooldown_blocks",
+            "Plans the last permit's extra cooldown alone holds back: blocked in enforce mode, permitted in hint mode",
+            registry=registry,
+        )
         self.build_info = register_build_info(registry)
+        for unit in SizeUnit:
+            self.requested_size.labels(unit.value)
+            self.enforce_size.labels(unit.value)
         for action, reason in eff_apply_labels(mode):
             self.eff_apply.labels(action, reason)
         for event, outcome_reason in OUTCOME_LABELS:
@@ -131,6 +172,14 @@ class GovernorMetrics:
             self.already_decided.inc(tally.already_decided)
         for latency in tally.latencies:
             self.latency.observe(latency)
+        for unit, size in tally.requested_size.items():
+            self.requested_size.labels(unit).inc(size)
+        for unit, size in tally.enforce_size.items():
+            self.enforce_size.labels(unit).inc(size)
+        if tally.enforce_downsized:
+            self.enforce_downsized.inc(tally.enforce_downsized)
+        if tally.extra_cooldown_blocks:
+            self.extra_cooldown_blocks.inc(tally.extra_cooldown_blocks)
         for symbol, (n, factor) in tally.permits.items():
             if self.symbols.admit(symbol, now):
                 label = label_text(symbol)

@@ -27,6 +27,7 @@ from microservices.devtools.promql import (
     EXAMPLE_CONFIG,
     alert_rules,
     dashboard_exprs,
+    dashboard_panels,
     fill_grafana_variables,
     load_yaml,
     metric_names,
@@ -234,3 +235,26 @@ def test_every_metric_the_rules_and_dashboard_name_has_series_in_prometheus(scra
 def test_prometheus_log_has_no_rule_or_scrape_errors(scraped: Stack) -> None:
     log = scraped.prometheus.log()
     assert "level=error" not in log, log[-3000:]
+
+
+def test_if_enforced_counters_and_panels_answer_on_the_real_prometheus(scraped: Stack) -> None:
+    """The fixture's close (qty 1, never downsized) and open (qty 1, score 0.3: factor 2/3) were permitted; the
+    repeated open was blocked by the base cooldown, which owes nothing to the extra one. Every "If enforced" panel
+    query answers with samples, not only without an error."""
+    wanted = 'p32_eff_requested_size_total{unit="qty"}'
+    wait_until(lambda: scraped.prometheus.query_vector(wanted), "the size counters scraped")
+    assert scraped.value(wanted) == 2.0
+    assert scraped.value('p32_eff_enforce_size_total{unit="qty"}') == pytest.approx(1 + 0.3 / 0.45)
+    assert scraped.value("p32_eff_enforce_downsized_total") == 1.0
+    assert scraped.value("p32_eff_extra_cooldown_blocks_total") == 0.0
+    assert scraped.value('p29_shadow_live_usd{reason="ok"}') == 1000.0
+    assert scraped.value('p29_shadow_proposed_usd{reason="ok"}') == pytest.approx(800.0)
+    panels = list(dashboard_panels(json.loads(DASHBOARD.read_text())))
+    first_row = next(i for i, panel in enumerate(panels) if panel["title"].startswith("If enforced"))
+    targets = [target for panel in panels[first_row:] for target in panel.get("targets", [])]
+    exprs = [fill_grafana_variables(target["expr"], GRAFANA_VALUES) for target in targets]
+
+    def all_answer() -> bool:
+        return all(scraped.prometheus.query_vector(expr) for expr in exprs)
+
+    wait_until(all_answer, "every If enforced query has samples")

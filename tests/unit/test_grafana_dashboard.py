@@ -82,6 +82,10 @@ def test_panels_have_unique_ids_grid_positions_that_do_not_overlap_and_queries(d
             for y in range(grid["y"], grid["y"] + grid["h"]):
                 assert (x, y) not in cells, f"{title} overlaps {cells[(x, y)]}"
                 cells[(x, y)] = title
+        if panel["type"] == "row":  # a heading across the grid; its panels follow it at the top level
+            assert (grid["w"], grid["h"], panel["collapsed"], panel["panels"]) == (GRID_WIDTH, 1, False, []), title
+            assert "targets" not in panel, title
+            continue
         assert panel["datasource"] == DATASOURCE, title
         targets = panel["targets"]
         assert targets and all(target["expr"].strip() for target in targets), title
@@ -112,3 +116,16 @@ def test_every_variable_a_query_uses_is_defined(dashboard: dict[str, Any]) -> No
         assert "$" not in filled, expr
     with pytest.raises(KeyError):
         fill_grafana_variables('p32_eff_factor{symbol=~"$undefined"}', values)
+
+
+def test_if_enforced_rows_show_what_switching_would_change_for_both_steps(dashboard: dict[str, Any]) -> None:
+    """Issue 13: a row per step, each followed by panels reading that step's "if enforced" metrics."""
+    panels = list(dashboard_panels(dashboard))
+    rows = [i for i, panel in enumerate(panels) if panel["type"] == "row"]
+    titles = [panels[i]["title"] for i in rows]
+    assert titles == ["If enforced: proposer (Step 1)", "If enforced: governor (Step 2)"]
+    steps = [panels[rows[0] + 1 : rows[1]], panels[rows[1] + 1 :]]
+    read = [{family(n) for p in step for t in p["targets"] for n in metric_names(t["expr"])} for step in steps]
+    assert {"p29_shadow_live_usd", "p29_shadow_proposed_usd", "p29_shadow_proposal_multiplier"} <= read[0]
+    assert {"p32_eff_requested_size", "p32_eff_enforce_size", "p32_eff_enforce_downsized",
+            "p32_eff_extra_cooldown_blocks"} <= read[1]  # fmt: skip
