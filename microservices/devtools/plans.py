@@ -134,6 +134,18 @@ def settled(client: redis.Redis) -> bool:
     return bool(group and group["pending"] == 0 and group["lag"] == 0)
 
 
+def caught_up(client: redis.Redis) -> bool:
+    """:func:`settled` judged exactly: nothing pending, and the group's last-delivered-id is the stream's last id.
+    XINFO GROUPS' ``lag`` is Redis's estimate from its ``entries-read`` counter, which Redis 7.0 replays stale from an
+    AOF that was rewritten before a restart: the lag then stays above 0 for good, every entry delivered."""
+    if not client.exists(PLANS):
+        return False
+    group = next((g for g in client.xinfo_groups(PLANS) if g["name"] == GROUP.encode()), None)
+    if group is None:
+        return False
+    return bool(group["pending"] == 0 and group["last-delivered-id"] == client.xinfo_stream(PLANS)["last-generated-id"])
+
+
 def stream_plan_set(client: redis.Redis) -> PlanSet:
     """What the plan stream holds, entry by entry: the set every outcome is judged against. Built from the stream, not
     from what a producer meant to send, because a retried XADD whose first reply was lost lands twice (the second
