@@ -37,6 +37,8 @@ class StopRecord:
     why: str
     code: int | None
     seconds: float
+    #: Where the stacks of a process that did not stop were dumped (its log), if it was made to dump them.
+    stacks: str = ""
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,8 @@ def stop_violations(stops: Iterable[StopRecord], limit_sec: float = STOP_LIMIT_S
     for stop in stops:
         name = f"{stop.daemon} life {stop.life} ({stop.why})"
         if stop.code is None:
-            problems.append(f"{name}: still running {stop.seconds:.1f} s after SIGTERM (killed)")
+            dumped = f"; its threads' stacks are in {stop.stacks}" if stop.stacks else ""
+            problems.append(f"{name}: still running {stop.seconds:.1f} s after SIGTERM (killed){dumped}")
         elif stop.code != 0:
             problems.append(f"{name}: SIGTERM ended in exit status {stop.code} after {stop.seconds:.1f} s")
         elif stop.seconds > limit_sec:

@@ -29,6 +29,20 @@ from microservices.devtools.rotating_password import RotatingPassword
 WATCH_EVERY_SEC = 0.05
 #: How often each live process's RSS and open FDs are sampled.
 SAMPLE_EVERY_SEC = 2.0
+#: Python's fault handler in every daemon: a process that ignores SIGTERM past its limit is sent SIGABRT, and writes
+#: the stack of each of its threads to its log before it dies, which says where it hung.
+DIAGNOSTICS = {"PYTHONFAULTHANDLER": "1"}
+ABORT_WAIT_SEC = 2.0
+
+
+def abort_with_stacks(process: DaemonProcess) -> None:
+    """SIGABRT (the fault handler dumps every thread's stack to the log), then SIGKILL if it is still there."""
+    process.process.send_signal(signal.SIGABRT)
+    try:
+        process.process.wait(timeout=ABORT_WAIT_SEC)
+    except subprocess.TimeoutExpired:
+        process.process.kill()
+        process.process.wait()
 
 
 @dataclass(frozen=True)
@@ -96,9 +110,8 @@ class Slot:
             code, seconds = life.process.terminate(timeout=STOP_LIMIT_SEC)
             record = StopRecord(self.name, life.number, why, code, seconds)
         except subprocess.TimeoutExpired:
-            life.process.process.kill()
-            life.process.process.wait()
-            record = StopRecord(self.name, life.number, why, None, STOP_LIMIT_SEC)
+            abort_with_stacks(life.process)
+            record = StopRecord(self.name, life.number, why, None, STOP_LIMIT_SEC, str(life.process.log_path))
         self._supervisor.stops.append(record)
         self._end_life()
         return record
@@ -108,7 +121,7 @@ class Slot:
         self._lives += 1
         number = self._lives
         password = self._supervisor.password.current
-        env = daemon_env(self._supervisor.password.url(self._supervisor.redis_port), self.spec.env)
+        env = daemon_env(self._supervisor.password.url(self._supervisor.redis_port), {**self.spec.env, **DIAGNOSTICS})
         log_path = self._supervisor.log_dir / f"{self.name}.{number:03d}.log"
         try:
             process = DaemonProcess(self.spec.module, env, log_path)
@@ -218,8 +231,10 @@ class Supervisor:
             thread.join(timeout=10)
 
     def close(self) -> None:
-        """Kill whatever still runs (an aborted run)."""
+        """Kill whatever still runs (an aborted run), once no watcher can start another."""
         self._stopping.set()
+        for thread in self._threads:
+            thread.join(timeout=20)
         for slot in self.slots.values():
             life = slot.life
             if life is not None:
