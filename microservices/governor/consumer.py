@@ -34,9 +34,8 @@ from redis.exceptions import ResponseError, WatchError
 from microservices.core.redis_client import REDIS_ERRORS, RedisClient
 from microservices.governor.batch import PERMIT, BatchIO, Decided, Delivery, Parsed
 from microservices.governor.decision import Event, Outcome, Reason
-from microservices.governor.enforce_effect import enforce_effect
 from microservices.governor.metrics import BatchTally, GovernorMetrics
-from microservices.governor.plan import Plan, entry_time
+from microservices.governor.plan import entry_time
 from microservices.governor.records import OutcomeMarker
 from microservices.governor.settings import GovernorSettings
 
@@ -512,24 +511,17 @@ class Governor:
             if outcome.event is None:
                 self._account_acknowledged(item, tally)
                 continue
-            event, reason = outcome.event.value, outcome.reason.value
-            tally.outcomes[event, reason] += 1
-            tally.latencies.append(max(0.0, finished - entry_time(item.delivery.entry_id)))
-            if isinstance(plan, Plan):
-                tally.add_effect(enforce_effect(plan, outcome))
+            reason = outcome.reason.value
+            tally.add_outcome(plan, outcome, max(0.0, finished - entry_time(item.delivery.entry_id)))
             if outcome.event is Event.PERMIT and outcome.hint is not None:
                 hint = outcome.hint
-                tally.eff_apply[hint.action.value, hint.reason] += 1
-                tally.permits[plan.symbol] = (tally.permits.get(plan.symbol, (0, 0.0))[0] + 1, hint.factor)
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("permit %s %s: eff_action %s factor %.4f extra cooldown %ds (%s)", plan.plan_id,
                               plan.symbol, hint.action.value, hint.factor, hint.extra_cooldown_sec,
                               hint.reason)  # fmt: skip
             elif outcome.event is Event.BLOCK:
-                tally.blocks[plan.symbol, reason] += 1
                 log.info("block %s %s: %s (%s)", plan.plan_id, plan.symbol, reason, outcome.detail)
             elif outcome.event is Event.DEAD_LETTER:
-                tally.dead_letters[reason] += 1
                 log.warning("dead letter: entry %s (plan_id %r) to %s: %s (%s)", item.delivery.entry_id,
                             plan.plan_id, self._settings.dead_letter_stream, reason, outcome.detail)  # fmt: skip
             else:

@@ -12,9 +12,10 @@ from prometheus_client import Counter as CounterMetric
 from microservices.core.efficiency import EffReason
 from microservices.core.symbol_metrics import RecentSymbols, label_text
 from microservices.core.version import register_build_info
-from microservices.governor.decision import BLOCK_REASONS, DEAD_LETTER_REASONS, Event, Reason
+from microservices.governor.decision import BLOCK_REASONS, DEAD_LETTER_REASONS, Event, Outcome, Reason
 from microservices.governor.downsize import DISABLED, REDUCE_ONLY, EffAction
-from microservices.governor.enforce_effect import EnforceEffect, SizeUnit
+from microservices.governor.enforce_effect import EnforceEffect, SizeUnit, enforce_effect
+from microservices.governor.plan import InvalidPlan, Plan
 from microservices.governor.settings import Mode
 
 #: From a plan's stream id time to its outcome written; the apply layer waits at most 1.2 s for a permit.
@@ -51,6 +52,24 @@ class BatchTally:
     enforce_size: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
     enforce_downsized: int = 0
     extra_cooldown_blocks: int = 0
+
+    def add_outcome(self, plan: Plan | InvalidPlan, outcome: Outcome, latency: float) -> None:
+        """One written outcome (not an acknowledgement only): the governor's accounting, and the backfilled history
+        of the report's tests, count through this one method."""
+        if outcome.event is None:
+            raise ValueError("an acknowledgement only is no outcome")
+        event, reason = outcome.event.value, outcome.reason.value
+        self.outcomes[event, reason] += 1
+        self.latencies.append(latency)
+        if isinstance(plan, Plan):
+            self.add_effect(enforce_effect(plan, outcome))
+        if outcome.event is Event.PERMIT and outcome.hint is not None:
+            self.eff_apply[outcome.hint.action.value, outcome.hint.reason] += 1
+            self.permits[plan.symbol] = (self.permits.get(plan.symbol, (0, 0.0))[0] + 1, outcome.hint.factor)
+        elif outcome.event is Event.BLOCK:
+            self.blocks[plan.symbol, reason] += 1
+        elif outcome.event is Event.DEAD_LETTER:
+            self.dead_letters[reason] += 1
 
     def add_effect(self, effect: EnforceEffect | None) -> None:
         if effect is None:
