@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from pathlib import Path
 from typing import Any, Self
 
 from microservices.devtools.redis_server import free_port
@@ -53,6 +54,11 @@ class PrometheusServer(ServerProcess):
         self.log_path = self._dir / "prometheus.log"
 
     @property
+    def data_dir(self) -> Path:
+        """The TSDB directory: blocks written there before :meth:`start` (a backfill) are served."""
+        return self._dir / "data"
+
+    @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
@@ -60,7 +66,7 @@ class PrometheusServer(ServerProcess):
         args = [
             self.binary,
             f"--config.file={self.config_path}",
-            f"--storage.tsdb.path={self._dir / 'data'}",
+            f"--storage.tsdb.path={self.data_dir}",
             f"--web.listen-address=127.0.0.1:{self.port}",
             "--log.level=warn",
         ]

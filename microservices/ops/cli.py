@@ -187,11 +187,21 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser(
         "report",
         parents=[common],
-        help="shadow what-if over the proposals stream: reasons, multipliers, USD change if enforced",
-        description="Aggregate the proposals stream (PROPOSE_STREAM_NAME) over a recent window.",
+        help="what enforcing would change, per step: from Prometheus history, or from the streams",
+        description="The proposer's shadow what-if (reasons, multipliers, USD change) or the governor's (outcomes, "
+        "size enforce would remove, extra-cooldown blocks) over a window: from Prometheus with --prometheus, "
+        "else from the streams, which are trimmed and say how far back they reach.",
+    )
+    report.add_argument(
+        "step", nargs="?", choices=("proposer", "governor"), default="proposer", help="which step (default proposer)"
     )
     report.add_argument(
         "--since", default="1h", metavar="DURATION", help="window: 30m, 1h, 2d, 90s or plain seconds (default 1h)"
+    )
+    report.add_argument(
+        "--prometheus",
+        metavar="URL",
+        help="answer from this Prometheus's history (query_range), e.g. http://127.0.0.1:9090",
     )
     report.set_defaults(handler="microservices.ops.report:run_report")
 

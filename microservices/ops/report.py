@@ -337,15 +337,20 @@ def render_report(report: Report, since_text: str) -> str:
 
 
 def run_report(ctx: Context) -> int:
+    """``report [proposer|governor]``: from Prometheus with ``--prometheus``, else from the step's stream."""
     from microservices.ops.cli import UsageError
 
     try:
         since_sec = parse_duration(ctx.args.since)
     except ValueError as exc:
         raise UsageError(f"--since: {exc}") from exc
-    settings: ProposerSettings = ctx.settings(ProposerSettings)
     now = time.time()
     since_sec = min(since_sec, now)  # "--since 100000d" means everything the stream holds
+    step = getattr(ctx.args, "step", "proposer")
+    url: str | None = getattr(ctx.args, "prometheus", None)
+    if url is not None or step == "governor":
+        return _run_history_report(ctx, step, url, now - since_sec, now)
+    settings: ProposerSettings = ctx.settings(ProposerSettings)
     with ctx.connect(settings) as client:
         trimmed = trimmed_before(client, settings.stream_name)
         entries, unreadable = collect(read_window(client, settings.stream_name, now - since_sec))
@@ -361,4 +366,35 @@ def run_report(ctx: Context) -> int:
         ctx.emit_json(report.as_json())
     else:
         ctx.out.write(render_report(report, ctx.args.since))
+    return 0
+
+
+def _run_history_report(ctx: Context, step: str, url: str | None, start: float, end: float) -> int:
+    """The governor's report (from Prometheus or its events stream), or the proposer's from Prometheus."""
+    from microservices.governor.records import EVENTS_STREAM
+    from microservices.governor.settings import GovernorSettings
+    from microservices.ops import governor_report, proposer_history
+    from microservices.ops.cli import EX_UNAVAILABLE
+    from microservices.ops.prometheus_history import PrometheusQueryError, http_fetch
+
+    document: governor_report.GovernorReport | proposer_history.ProposerHistory
+    try:
+        if url is not None and step == "proposer":
+            document = proposer_history.from_prometheus(http_fetch(url), url, start, end)
+        elif url is not None:
+            document = governor_report.from_prometheus(http_fetch(url), url, start, end)
+        else:
+            with ctx.connect(ctx.settings(GovernorSettings)) as client:
+                oldest = trimmed_before(client, EVENTS_STREAM)
+                events = list(read_window(client, EVENTS_STREAM, start))
+            document = governor_report.from_events(events, EVENTS_STREAM, start, end, oldest)
+    except PrometheusQueryError as exc:
+        ctx.err.write(f"p31ctl report: {exc}\n")
+        return EX_UNAVAILABLE  # as for an unreachable Redis
+    if ctx.json:
+        ctx.emit_json(document.as_json())
+    elif isinstance(document, governor_report.GovernorReport):
+        ctx.out.write(governor_report.render(document, ctx.args.since, _utc))
+    else:
+        ctx.out.write(proposer_history.render(document, ctx.args.since, _utc))
     return 0
