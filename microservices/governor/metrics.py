@@ -20,6 +20,8 @@ from microservices.governor.settings import Mode
 
 #: From a plan's stream id time to its outcome written; the apply layer waits at most 1.2 s for a permit.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.2, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+#: Downsize factors of permits: P31_MIN_FACTOR's default 0.25 up to 1.0 (neutral), which is its own bucket.
+FACTOR_BUCKETS = (0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99, 1.0)
 #: A symbol with no plan for this long has gone away: its per-symbol series are removed.
 SYMBOL_IDLE_SEC = 3600.0
 
@@ -44,6 +46,8 @@ class BatchTally:
     dead_letters: Counter[str] = field(default_factory=Counter)
     already_decided: int = 0
     latencies: list[float] = field(default_factory=list)
+    #: The downsize factor of each permit.
+    factors: list[float] = field(default_factory=list)
     #: symbol -> (permits, factor of the last one)
     permits: dict[str, tuple[int, float]] = field(default_factory=dict)
     blocks: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -65,6 +69,7 @@ class BatchTally:
             self.add_effect(enforce_effect(plan, outcome))
         if outcome.event is Event.PERMIT and outcome.hint is not None:
             self.eff_apply[outcome.hint.action.value, outcome.hint.reason] += 1
+            self.factors.append(outcome.hint.factor)
             self.permits[plan.symbol] = (self.permits.get(plan.symbol, (0, 0.0))[0] + 1, outcome.hint.factor)
         elif outcome.event is Event.BLOCK:
             self.blocks[plan.symbol, reason] += 1
@@ -155,6 +160,10 @@ class GovernorMetrics:
             ["unit"],
             registry=registry,
         )
+        self.permit_factor = Histogram(
+            "p32_eff_permit_factor", "Downsize factor of each permit (1.0: not downsized)", buckets=FACTOR_BUCKETS,
+            registry=registry,
+        )  # fmt: skip
         self.enforce_downsized = CounterMetric(
             "p32_eff_enforce_downsized", "Permits enforce mode shrinks (eff_action DOWNSIZE)", registry=registry
         )
@@ -191,6 +200,8 @@ class GovernorMetrics:
             self.already_decided.inc(tally.already_decided)
         for latency in tally.latencies:
             self.latency.observe(latency)
+        for factor in tally.factors:
+            self.permit_factor.observe(factor)
         for unit, size in tally.requested_size.items():
             self.requested_size.labels(unit).inc(size)
         for unit, size in tally.enforce_size.items():

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from microservices.ops.prometheus_history import Fetch, RangeSeries, increases_by, step_for
+from microservices.ops.prometheus_history import Fetch, RangeSeries, increases_by, mean_value, step_for
 from microservices.ops.tables import fmt, format_table
 
 TOP_SYMBOLS = 5
@@ -45,6 +45,10 @@ class GovernorReport:
     sizes: SizeTotals | None = None
     would_downsize: int | None = None
     extra_cooldown_blocks: int | None = None
+    #: Permits whose factor is at most each bound (``le``), cumulative as Prometheus keeps them.
+    factor_buckets: tuple[tuple[str, int], ...] = ()
+    #: The symbols whose permits' factor (``p32_eff_factor``) was lowest on average over the window, below 1.0.
+    most_downsized: tuple[tuple[str, float], ...] = ()
 
     @property
     def partial(self) -> bool:
@@ -56,6 +60,8 @@ class GovernorReport:
         document["outcomes"] = [{"event": e, "reason": r, "count": n} for e, r, n in self.outcomes]
         document["permits_by_hint"] = [{"action": a, "reason": r, "count": n} for a, r, n in self.permits_by_hint]
         document["blocked_symbols"] = [{"symbol": s, "blocks": n} for s, n in self.blocked_symbols]
+        document["factor_buckets"] = [{"le": le, "count": n} for le, n in self.factor_buckets]
+        document["most_downsized"] = [{"symbol": s, "mean_factor": f} for s, f in self.most_downsized]
         return document
 
 
@@ -77,6 +83,9 @@ def from_prometheus(fetch: Fetch, url: str, start: float, end: float) -> Governo
         return fetch(expr, start, end, step)
 
     blocked = increases_by(series("quantum_govern_block_total"), start, "symbol")
+    factors = increases_by(series("p32_eff_permit_factor_bucket"), start, "le")
+    mean_factors = [(one.labels.get("symbol", ""), mean_value(one.points)) for one in series("p32_eff_factor")]
+    downsized = sorted((f, symbol) for symbol, f in mean_factors if f is not None and f < 1.0)
     requested = increases_by(series("p32_eff_requested_size_total"), start, "unit")
     enforced = increases_by(series("p32_eff_enforce_size_total"), start, "unit")
     return GovernorReport(
@@ -90,6 +99,8 @@ def from_prometheus(fetch: Fetch, url: str, start: float, end: float) -> Governo
         sizes=SizeTotals({k[0]: v for k, v in requested.items()}, {k[0]: v for k, v in enforced.items()}),
         would_downsize=round(sum(increases_by(series("p32_eff_enforce_downsized_total"), start).values())),
         extra_cooldown_blocks=round(sum(increases_by(series("p32_eff_extra_cooldown_blocks_total"), start).values())),
+        factor_buckets=tuple(sorted(((k[0], round(n)) for k, n in factors.items()), key=lambda b: float(b[0]))),
+        most_downsized=tuple((symbol, f) for f, symbol in downsized[:TOP_SYMBOLS]),
     )
 
 
@@ -140,6 +151,10 @@ def render(report: GovernorReport, since_text: str, utc: Callable[[float], str])
         out.append(format_table(("size", "requested", "enforce permits", "kept"), size_rows))
         out.append(f"permits enforce would downsize: {report.would_downsize}\n")
         out.append(f"plans the extra cooldown would block: {report.extra_cooldown_blocks}\n")
+        out.append("\ndownsize factor (permits at most each bound)\n")
+        out.append(format_table(("le", "permits"), [[le, str(n)] for le, n in report.factor_buckets]))
+        out.append("\nsymbols downsized most (mean factor over the window)\n")
+        out.append(format_table(("symbol", "mean factor"), [[s, fmt(f)] for s, f in report.most_downsized]))
     out.append("\nsymbols blocked most\n")
     out.append(format_table(("symbol", "blocks"), [[s, str(n)] for s, n in report.blocked_symbols]))
     return "".join(out)

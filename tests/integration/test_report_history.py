@@ -120,6 +120,9 @@ def test_governor_report_answers_a_week_from_prometheus_with_exact_totals(promet
     assert document["sizes"]["enforced"] == pytest.approx({"qty": 5.0 * ROUNDS, "notional": 500.0 * ROUNDS})
     assert (document["would_downsize"], document["extra_cooldown_blocks"]) == (2 * ROUNDS, ROUNDS)
     assert document["blocked_symbols"] == [{"symbol": "RISKY", "blocks": ROUNDS}]
+    factors = {b["le"]: b["count"] for b in document["factor_buckets"]}
+    assert (factors["0.6"], factors["0.7"], factors["0.99"], factors["1.0"]) == (0, 2 * ROUNDS, 2 * ROUNDS, 3 * ROUNDS)
+    assert document["most_downsized"] == [{"symbol": "SYM", "mean_factor": pytest.approx(0.3 / 0.45)}]
     assert document["partial"] is False
     status, table = report("governor", "--since", "7d", "--prometheus", prometheus.url)
     assert status == 0 and "plans the extra cooldown would block: 160" in table

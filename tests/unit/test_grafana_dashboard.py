@@ -128,4 +128,4 @@ def test_if_enforced_rows_show_what_switching_would_change_for_both_steps(dashbo
     read = [{family(n) for p in step for t in p["targets"] for n in metric_names(t["expr"])} for step in steps]
     assert {"p29_shadow_live_usd", "p29_shadow_proposed_usd", "p29_shadow_proposal_multiplier"} <= read[0]
     assert {"p32_eff_requested_size", "p32_eff_enforce_size", "p32_eff_enforce_downsized",
-            "p32_eff_extra_cooldown_blocks"} <= read[1]  # fmt: skip
+            "p32_eff_extra_cooldown_blocks", "p32_eff_permit_factor"} <= read[1]  # fmt: skip

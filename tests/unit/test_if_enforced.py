@@ -78,17 +78,19 @@ def test_a_batch_moves_the_governor_counters_by_exactly_its_effects() -> None:
     assert samples(registry, "p32_eff_requested_size_total") == {("qty",): 0.0, ("notional",): 0.0}  # pre-created
     tally = BatchTally()
     first = plan(plan_id="a", qty="9", notional="900")
-    tally.add_effect(enforce_effect(first, decide(first, facts(reading=ok(0.2)), policy())))
+    tally.add_outcome(first, decide(first, facts(reading=ok(0.2)), policy()), 0.01)
     second = plan(plan_id="b", symbol="ETH", qty="5")
-    tally.add_effect(enforce_effect(second, decide(second, facts(reading=ok(0.9)), policy())))
+    tally.add_outcome(second, decide(second, facts(reading=ok(0.9)), policy()), 0.01)
     third = plan(plan_id="c", symbol="SOL", qty="2")
-    tally.add_effect(enforce_effect(third, decide(third, facts(reading=ok(0.9), gate=IN_EXTRA), policy())))
+    tally.add_outcome(third, decide(third, facts(reading=ok(0.9), gate=IN_EXTRA), policy()), 0.01)
     metrics.record(tally, NOW)
     assert samples(registry, "p32_eff_requested_size_total") == {("qty",): 16.0, ("notional",): 900.0}
     enforced = samples(registry, "p32_eff_enforce_size_total")
     assert enforced == {("qty",): pytest.approx(9 * 0.2 / 0.45 + 5 + 2), ("notional",): pytest.approx(400.0)}
     assert samples(registry, "p32_eff_enforce_downsized_total") == {(): 1.0}
     assert samples(registry, "p32_eff_extra_cooldown_blocks_total") == {(): 1.0}
+    factors = samples(registry, "p32_eff_permit_factor_bucket")
+    assert (factors[("0.4",)], factors[("0.5",)], factors[("0.99",)], factors[("1.0",)]) == (0, 1, 1, 3)
 
 
 def test_proposer_usd_totals_cover_every_reason_and_a_reason_gone_from_a_loop_goes_to_0() -> None:
