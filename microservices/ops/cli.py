@@ -1,7 +1,8 @@
 """``p31ctl``: the operator's view of the P3.1 daemons, computed with the daemons' own code.
 
-Subcommands: ``status``, ``explain SYMBOL``, ``report --since 1h``, ``check-config FILE``, ``inject-efficiency``,
-``inject-plan`` and ``env-template``. Each prints readable aligned tables, or with ``--json`` one JSON document.
+Subcommands: ``status``, ``explain SYMBOL``, ``report [proposer|governor] --since 1h [--prometheus URL]``,
+``check-config FILE``, ``inject-efficiency``, ``inject-plan`` and ``env-template``. Each prints readable aligned
+tables, or with ``--json`` one JSON document.
 The Redis connection comes from ``--env-file FILE`` plus the environment exactly as the daemons read it
 (:func:`microservices.core.settings.environment` and :func:`~microservices.core.settings.load_settings`), so
 ``REDIS_URL`` and friends mean the same here as there.
