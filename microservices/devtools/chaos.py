@@ -62,7 +62,7 @@ from microservices.devtools.invariants import (
     stop_violations,
 )
 from microservices.devtools.latency_proxy import LatencyProxy
-from microservices.devtools.plans import PLANS, caught_up, outcome_violations, stream_plan_set
+from microservices.devtools.plans import PLANS, outcome_violations, settled, stream_plan_set
 from microservices.devtools.private_network import PacketLoss, inside, listen_port
 from microservices.devtools.procstats import Check
 from microservices.devtools.redis_server import free_port
@@ -284,7 +284,7 @@ class ChaosRun:
         evidence, client = self.evidence, rig.client
         rig.load.stop()
         rig.churn.stop()
-        if not wait_until(lambda: caught_up(client), SETTLE_TIMEOUT_SEC, every=0.2):
+        if not wait_until(lambda: settled(client), SETTLE_TIMEOUT_SEC, every=0.2):
             evidence.add([f"plans still undecided {SETTLE_TIMEOUT_SEC:g} s after the load stopped"])
         lives_before = {slot.name: slot.life.number if slot.life else None for slot in rig.slots}
         final = {"plans": FINAL_PLANS, "symbols": self.config.symbols, "seed": self.rng.randrange(2**32)}
@@ -297,8 +297,6 @@ class ChaosRun:
         rig.observer.final_pass()
         published = stream_plan_set(client)
         problems, kinds = outcome_violations(client, published)
-        if caught_up(client):  # its group check trusts XINFO GROUPS' lag, an estimate (see caught_up)
-            problems = [p for p in problems if not p.startswith("the group has not settled")]
         evidence.add(problems)
         evidence.add(lost_write_violations("plans", rig.load.client.accepted, set(published.entries)))
         written = {name: fields for name, fields in rig.churn.written.items() if name not in rig.churn.unsure}

@@ -25,7 +25,7 @@ from microservices.devtools.invariants import (
     proposer_metric_violations,
     tally_violations,
 )
-from microservices.devtools.plans import DLQ, EVENTS, PLANS, caught_up, publish
+from microservices.devtools.plans import DLQ, EVENTS, PLANS, publish, settled
 from microservices.devtools.scrape import metric_samples, metric_total
 from microservices.devtools.supervisor import Slot
 
@@ -133,7 +133,7 @@ def final_batch_violations(
     marks = {name: _last_id(client, name) for name in (PLANS, EVENTS)}
     dead_before = int(client.xlen(DLQ)) if client.exists(DLQ) else 0
     publish(client, plans, symbols=symbols, seed=seed, prefix="final-")
-    if not wait_until(lambda: caught_up(client), timeout):
+    if not wait_until(lambda: settled(client), timeout):
         return ["the final batch was not decided"]
     entries: Any = client.xrange(PLANS, min=f"({marks[PLANS]}")
     events: Any = client.xrange(EVENTS, min=f"({marks[EVENTS]}")
