@@ -35,7 +35,7 @@ from microservices.allocation_target.settings import ProposerSettings
 from microservices.core.efficiency import EffReason
 from microservices.core.efficiency_reads import efficiency_readings, queue_efficiency_read
 from microservices.core.logs import LogThrottle
-from microservices.core.redis_client import RedisClient
+from microservices.core.redis_client import RedisClient, scan_pages
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +86,15 @@ def _batches(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
         yield items[start : start + size]
 
 
-def discover_symbols(client: RedisClient) -> list[str]:
+def discover_symbols(client: RedisClient, stop: threading.Event | None = None) -> list[str]:
     """Every symbol with a live target hash, sorted; ``SCAN`` (never ``KEYS``) of hashes only: SPEC §2's symbols are
-    the hashes, so a key of another type under the live prefix is not a symbol. ``p31ctl status`` lists these too."""
-    keys = client.scan_iter(match=LIVE_KEY + b"*", count=SCAN_COUNT, _type="hash")
+    the hashes, so a key of another type under the live prefix is not a symbol. ``p31ctl status`` lists these too.
+    Once ``stop`` is set it returns after the page in hand, with what it found so far (the caller must check)."""
+    keys: list[bytes] = []
+    for page in scan_pages(client, match=LIVE_KEY + b"*", count=SCAN_COUNT, type_="hash"):
+        keys += page
+        if stop is not None and stop.is_set():
+            break
     return sorted(symbols_from_live_keys(keys))
 
 
@@ -125,8 +130,8 @@ class Proposer:
         self._params = settings.multiplier_params
         self._throttle = LogThrottle(PROBLEM_LOG_EVERY_SEC)
 
-    def discover(self) -> list[str]:
-        return discover_symbols(self._client)
+    def discover(self, stop: threading.Event | None = None) -> list[str]:
+        return discover_symbols(self._client, stop)
 
     def read_and_decide(self, symbols: Sequence[str], now: float) -> list[Proposal | Skip]:
         """One pipelined round trip for the batch's live targets and efficiency hashes, then the pure decisions.
@@ -192,9 +197,13 @@ class Proposer:
         """One loop over every symbol; returns early, after the batch in hand, when ``stop`` is set."""
         started = time.perf_counter()
         summary = LoopSummary()
-        symbols = self.discover()
-        summary.symbols = len(symbols)
-        self._metrics.symbols.set(len(symbols))
+        symbols = self.discover(stop)
+        if stop.is_set():  # maybe mid-scan: a partial list is no count of the symbols, and nothing is written
+            summary.interrupted = True
+            symbols = []
+        else:
+            summary.symbols = len(symbols)
+            self._metrics.symbols.set(len(symbols))
         exported = set(symbols[: self._settings.metrics_max_symbols])
         series: dict[str, tuple[float | None, ...]] = {}
         for batch in _batches(symbols, self._batch_size):
