@@ -368,7 +368,9 @@ def run_explain(ctx: Context) -> int:
         raise UsageError(str(exc)) from exc
     with ctx.connect(proposer) as client:
         facts, reply = read_facts(client, symbol)
-        known = discover_symbols(client)
+        # a SCAN of the whole keyspace only to name the closest symbol, when this one has no live target hash
+        live = client.type(LIVE_TARGET_PREFIX.encode() + encode(symbol)) == b"hash"
+        known = [] if live else discover_symbols(client)
         now = time.time()
         raws: Sequence[bytes] = [encode(symbol)]
         reading = efficiency_readings(client, raws, [reply], now, proposer.efficiency_policy)[0]
@@ -382,7 +384,6 @@ def run_explain(ctx: Context) -> int:
         proposer=proposer,
         governor=governor,
     )
-    live = symbol in known
     if ctx.json:
         ctx.emit_json(
             {
