@@ -52,13 +52,13 @@ def entry_ms(entry_id: bytes | str) -> int:
 
 @dataclass
 class PlanSet:
-    """What was published: each entry's id and plan_id ("" for none), and which entries republish a plan_id."""
+    """What was published: each entry's id and its plan_id ("" for none). Which entries share a plan_id is not kept:
+    which of them is only acknowledged depends on the order they were decided in, which the outcomes tell."""
 
     entries: dict[str, str] = field(default_factory=dict)
-    republished: set[str] = field(default_factory=set)
 
     def __add__(self, other: PlanSet) -> PlanSet:
-        return PlanSet({**self.entries, **other.entries}, self.republished | other.republished)
+        return PlanSet({**self.entries, **other.entries})
 
 
 def seed_efficiency(client: redis.Redis, symbols: int, rng: random.Random, now: float | None = None) -> None:
@@ -114,11 +114,7 @@ def publish(
             fields["plan_id"] = rng.choice(plan_ids)
         entry_id = text(client.xadd(PLANS, fields))
         published.entries[entry_id] = str(fields.get("plan_id", ""))
-        if kind < 0.03:
-            continue
-        if kind < 0.06 and plan_ids:
-            published.republished.add(entry_id)
-        else:
+        if kind >= 0.06 or (kind >= 0.03 and not plan_ids):
             plan_ids.append(str(fields["plan_id"]))
     return published
 
@@ -151,15 +147,7 @@ def stream_plan_set(client: redis.Redis) -> PlanSet:
     from what a producer meant to send, because a retried XADD whose first reply was lost lands twice (the second
     copy is then a republished plan_id, which the governor must handle as such)."""
     raw: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(PLANS)  # type: ignore[assignment]
-    found = PlanSet()
-    seen: set[str] = set()
-    for entry_id, fields in raw:
-        plan_id = fields.get(b"plan_id", b"").decode()
-        found.entries[entry_id.decode()] = plan_id
-        if plan_id and plan_id in seen:
-            found.republished.add(entry_id.decode())
-        seen.add(plan_id)
-    return found
+    return PlanSet({entry_id.decode(): fields.get(b"plan_id", b"").decode() for entry_id, fields in raw})
 
 
 def outcome_violations(client: redis.Redis, published: PlanSet) -> tuple[list[str], Counter[str]]:
