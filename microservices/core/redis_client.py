@@ -12,6 +12,7 @@ from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from microservices.core.settings import CommonSettings
 
@@ -43,7 +44,11 @@ def reconnect_backoff(settings: CommonSettings) -> ExponentialWithJitterBackoff:
 
 
 def connect(settings: CommonSettings, *, client_name: str, socket_timeout: float = SOCKET_TIMEOUT_SEC) -> RedisClient:
-    """A client for the configured Redis. Nothing is sent until the first command."""
+    """A client for the configured Redis. Nothing is sent until the first command.
+
+    With ``REDIS_SENTINELS``, redis-py's :class:`~redis.sentinel.Sentinel` finds the master: each new connection asks
+    the sentinels where it is, and a connection to a master that was demoted (its write refused as READONLY) is
+    dropped, so the loop runner's next retry reaches the new master by itself."""
     command_retry = Retry(NoBackoff(), COMMAND_RETRIES)
     options: dict[str, Any] = {
         "socket_timeout": socket_timeout,
@@ -55,6 +60,8 @@ def connect(settings: CommonSettings, *, client_name: str, socket_timeout: float
     }
     if not settings.redis_cluster:
         options["client_name"] = client_name
+    if settings.redis_sentinels is not None:
+        return _sentinel_master(settings, options)
     cls: type[redis.Redis] | type[RedisCluster] = RedisCluster if settings.redis_cluster else redis.Redis
     if settings.redis_url:
         return cls.from_url(settings.redis_url, **options)
@@ -64,8 +71,27 @@ def connect(settings: CommonSettings, *, client_name: str, socket_timeout: float
     return cls(**options)
 
 
+def _sentinel_master(settings: CommonSettings, options: dict[str, Any]) -> redis.Redis:
+    """The master named ``REDIS_SENTINEL_MASTER``, found through the sentinels; the sentinels are asked with the
+    same timeouts and no retry of their own (the loop runner retries), with their own password."""
+    sentinel_options = {
+        "socket_timeout": options["socket_timeout"],
+        "socket_connect_timeout": CONNECT_TIMEOUT_SEC,
+        "protocol": PROTOCOL,
+        "retry": Retry(NoBackoff(), COMMAND_RETRIES),
+        "password": settings.redis_sentinel_password,
+    }
+    sentinel = Sentinel(list(settings.sentinel_addresses), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]  # untyped upstream
+    master = sentinel.master_for(  # type: ignore[no-untyped-call]  # untyped upstream
+        settings.redis_sentinel_master, password=settings.redis_password, db=settings.redis_db, **options
+    )
+    return cast(redis.Redis, master)
+
+
 def describe_target(settings: CommonSettings) -> str:
     """Where the client connects, for logs: never the password."""
+    if settings.redis_sentinels is not None:
+        return f"sentinel master {settings.redis_sentinel_master} via {settings.redis_sentinels} db {settings.redis_db}"
     kind = "cluster " if settings.redis_cluster else ""
     if settings.redis_url:
         parts = urlsplit(settings.redis_url)

@@ -159,6 +159,42 @@ def redis_url(value: str | None) -> str | None:
     return None if options.get("host") else "needs a host name"
 
 
+#: One sentinel address: ``host:port``, or ``[IPv6 address]:port``.
+_SENTINEL_ADDRESS = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.%a-zA-Z]+)\]|(?P<host>[^\s:,\[\]#]+)):(?P<port>[0-9]{1,5})")
+
+
+def parse_sentinels(value: str) -> tuple[tuple[str, int], ...]:
+    """``host:port[,host:port...]`` as (host, port) pairs; :class:`ValueError` saying what is wrong with it."""
+    addresses: list[tuple[str, int]] = []
+    for part in value.split(","):
+        match = _SENTINEL_ADDRESS.fullmatch(part)
+        if match is None:
+            raise ValueError(f"{part!r} is not host:port or [IPv6]:port")
+        host = match["v6"] or match["host"]
+        if match["v6"] is not None:
+            try:
+                ipaddress.ip_address(host.partition("%")[0])
+            except ValueError:
+                raise ValueError(f"{part!r}: {host!r} is not an IPv6 address") from None
+        number = int(match["port"])
+        if not 1 <= number <= 65535:
+            raise ValueError(f"{part!r}: the port must be within [1, 65535]")
+        addresses.append((host, number))
+    return tuple(addresses)
+
+
+def sentinels(value: str | None) -> str | None:
+    """A list of sentinels: comma-separated ``host:port`` (``[addr]:port`` for IPv6), no spaces."""
+    if value is None:
+        return None
+    try:
+        parse_sentinels(value)
+    except ValueError as exc:
+        # no detail for "", which only the env file's generator asks about (an empty value means unset)
+        return "must be host:port[,host:port...] with no spaces" + (f" ({exc})" if value else "")
+    return None
+
+
 def ip_address(value: str) -> str | None:
     try:
         ipaddress.ip_address(value)
@@ -397,6 +433,22 @@ class CommonSettings(Settings):
         "REDIS_PASSWORD", None, "Redis password, when REDIS_URL is not set; never logged", secret=True
     )
     redis_cluster: bool = setting("REDIS_CLUSTER", False, "1 to use a Redis Cluster client")
+    redis_sentinels: str | None = setting(
+        "REDIS_SENTINELS",
+        None,
+        "Redis Sentinel addresses, host:port[,host:port...] ([addr]:port for IPv6): connect to the master they name "
+        "and follow its failovers; REDIS_HOST and REDIS_PORT are then ignored",
+        check=sentinels,
+    )
+    redis_sentinel_master: str = setting(
+        "REDIS_SENTINEL_MASTER", "mymaster", "name of the master the sentinels monitor", check=no_white_space
+    )
+    redis_sentinel_password: str | None = setting(
+        "REDIS_SENTINEL_PASSWORD",
+        None,
+        "password of the sentinels themselves (REDIS_PASSWORD and REDIS_DB apply to the master); never logged",
+        secret=True,
+    )
     redis_backoff_max_sec: float = setting(
         "REDIS_BACKOFF_MAX_SEC",
         5.0,
@@ -420,9 +472,26 @@ class CommonSettings(Settings):
         "P31_MIN_CONF", 0.65, "an efficiency confidence below this is low_conf", check=probability
     )
 
+    @property
+    def sentinel_addresses(self) -> tuple[tuple[str, int], ...]:
+        """The sentinels to ask for the master, or () when Redis is reached directly."""
+        return parse_sentinels(self.redis_sentinels) if self.redis_sentinels is not None else ()
+
     def cross_check(self) -> None:
-        """A Redis Cluster has only database 0 and no unix socket: redis-py would refuse either while the client is
-        built, which the daemon would take for an unreachable cluster and retry for ever."""
+        """Sentinels name the one master to use, so a URL or a cluster beside them is a contradiction, not a
+        preference. A Redis Cluster has only database 0 and no unix socket: redis-py would refuse either while the
+        client is built, which the daemon would take for an unreachable cluster and retry for ever."""
+        if self.redis_sentinels is not None:
+            if self.redis_cluster:
+                raise ConfigError(
+                    "REDIS_SENTINELS", self.redis_sentinels, "cannot be used with REDIS_CLUSTER=1 (a cluster fails "
+                    "over by itself): set one of them",
+                )  # fmt: skip
+            if self.redis_url is not None:
+                raise ConfigError(
+                    "REDIS_SENTINELS", self.redis_sentinels, "cannot be used with REDIS_URL (the sentinels name the "
+                    "master): unset REDIS_URL, or REDIS_SENTINELS",
+                )  # fmt: skip
         if not self.redis_cluster:
             return
         if self.redis_url is not None:

@@ -31,6 +31,12 @@ UNSET: dict[str, tuple[str, str]] = {
         "redis://localhost:6379/0",
     ),
     "REDIS_PASSWORD": ("Unset by default: no password.", "change-me"),
+    "REDIS_SENTINELS": (
+        "Unset by default: Redis is reached directly. With Redis Sentinel, list the sentinels; REDIS_HOST and "
+        "REDIS_PORT are then ignored, and REDIS_URL and REDIS_CLUSTER=1 must not be set.",
+        "10.0.0.1:26379,10.0.0.2:26379,10.0.0.3:26379",
+    ),
+    "REDIS_SENTINEL_PASSWORD": ("Unset by default: the sentinels ask for no password.", "change-me"),
     "GOV_CONSUMER": (
         "Default: the host name, computed at start-up. It must stay the same across restarts (pending plans are "
         "re-read under it) and differ between replicas; an empty value is refused.",
@@ -42,6 +48,7 @@ UNSET: dict[str, tuple[str, str]] = {
 CROSS_CHECKS: dict[str, str] = {
     "P31_MIN_MULT": "must not exceed P31_MAX_MULT",
     "P31_MAX_MULT": "must not be below P31_MIN_MULT",
+    "REDIS_SENTINELS": "not with REDIS_URL or REDIS_CLUSTER=1",
 }
 
 _SAFE_VALUE = re.compile(r"[A-Za-z0-9_.:/@+-]*")

@@ -28,7 +28,10 @@ BAD = [
     ("PROPOSE_KEY_TTL", "9223372036854775"), ("PROPOSE_STREAM_MAXLEN", "100000000000000000000"),
     ("LOOP_INTERVAL_SEC", "1e10"), ("REDIS_BACKOFF_MAX_SEC", "1e12"), ("METRICS_ADDR", "nohost.invalid"),
     ("REDIS_URL", "redis://127.0.0.1:6399/0?bogus_opt=1"), ("REDIS_URL", "rediss://127.0.0.1:6399/0?ssl_cert_reqs=bogus"),
-    ("REDIS_DB", "99999999999"),
+    ("REDIS_DB", "99999999999"), ("REDIS_SENTINELS", "127.0.0.1"), ("REDIS_SENTINELS", "10.0.0.1:1, 10.0.0.2:1"),
+    ("REDIS_SENTINELS", "[::1:26379"), ("REDIS_SENTINELS", "10.0.0.1:0"), ("REDIS_SENTINEL_MASTER", "my master"),
+    # well-formed, but beside the REDIS_URL that run_once sets: the sentinels would be ignored
+    ("REDIS_SENTINELS", "127.0.0.1:26379"),
 ]  # fmt: skip
 
 
@@ -64,6 +67,17 @@ def test_bad_value_exits_78_naming_it_without_touching_redis(
     assert len(lines) == 1, result.stderr
     assert f"invalid configuration: {variable}=" in lines[0]
     assert _connections(r) == before
+
+
+@pytest.mark.parametrize("module", [MODULE, GOVERNOR])
+def test_sentinels_with_a_cluster_exit_78_naming_them(module: str) -> None:
+    """SPEC §9: REDIS_SENTINELS with REDIS_CLUSTER=1 is a contradiction, refused before any connection."""
+    env = {"REDIS_SENTINELS": "127.0.0.1:1", "REDIS_CLUSTER": "1", "GOV_CONSUMER": "c"}
+    result = run_once(module, None, env)
+    assert result.returncode == 78, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "invalid configuration: REDIS_SENTINELS='127.0.0.1:1': cannot be used with REDIS_CLUSTER=1" in lines[0]
 
 
 def test_bad_value_in_env_file_exits_78(r: redis.Redis, redis_server: RedisServer, tmp_path: Path) -> None:

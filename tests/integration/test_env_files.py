@@ -21,7 +21,7 @@ from microservices.core.settings import env_fields, load_settings
 from microservices.devtools.daemon_process import ROOT
 from microservices.ops.cli import main
 from microservices.ops.daemons import DAEMONS, DaemonInfo
-from microservices.ops.env_template import render_env_file
+from microservices.ops.env_template import UNSET, render_env_file
 
 ASSIGNMENT = re.compile(r"^(#\s)?([A-Z][A-Z0-9_]*)=(.*)$")
 
@@ -36,6 +36,7 @@ OUT_OF_RANGE = {
     "STREAM_PLANS": "'two words'", "GOV_GROUP": "'gov group'", "GOV_BLOCK_MS": "5001", "GOV_CLAIM_IDLE_MS": "0",
     "GOV_MAX_DELIVERIES": "0", "GOV_PLAN_MAX_AGE_SEC": "0", "GOV_EVENTS_MAXLEN": "0", "GOV_KILL_SCORE_CRITICAL": "2",
     "GOV_SYMBOL_COOLDOWN_SECONDS": "-1", "GOV_MAX_EXEC_PER_5MIN": "0", "GOV_MAX_EXEC_PER_HOUR": "0",
+    "REDIS_SENTINEL_MASTER": "'my master'",
 }  # fmt: skip
 #: Variables whose every finite number, or every non-empty text, is valid: they have no range to leave.
 NO_RANGE = {"P31_SCALE", "P31_BASE", "REDIS_HOST", "PROPOSE_STREAM_NAME", "REDIS_CLUSTER"}
@@ -97,9 +98,9 @@ def test_shipped_file_names_every_variable_with_its_default_and_no_inline_commen
     text = shipped(daemon).read_text()
     found = assignments(text)
     assert {name for _, name, _ in found} == daemon.variables
-    assert [name for commented, name, _ in found if commented] == [
-        n for n in ("REDIS_URL", "REDIS_PASSWORD", "GOV_CONSUMER") if n in daemon.variables
-    ]
+    # exactly the variables without a default, or with one computed at start-up, are written commented out
+    assert [name for commented, name, _ in found if commented] == [name for _, name, _ in found if name in UNSET]
+    assert {name for commented, name, _ in found if commented} == set(UNSET) & daemon.variables
     cls = daemon.settings_class
     for commented, name, value in found:
         assert "#" not in value, name
@@ -120,10 +121,14 @@ def test_shipped_file_passes_check_config_with_the_daemon_inferred(daemon: Daemo
 
 @pytest.mark.parametrize("daemon", DAEMON_LIST, ids=lambda d: d.name)
 def test_the_commented_out_examples_are_valid_when_uncommented(daemon: DaemonInfo, tmp_path: Path) -> None:
-    text = re.sub(r"^# ([A-Z][A-Z0-9_]*=)", r"\1", shipped(daemon).read_text(), flags=re.MULTILINE)
-    copy = tmp_path / "uncommented.env"
-    copy.write_text(text)
-    assert check(copy)[0] == 0, check(copy)
+    """Each on its own: some exclude one another (REDIS_URL and REDIS_SENTINELS)."""
+    text = shipped(daemon).read_text()
+    examples = re.findall(r"^# ([A-Z][A-Z0-9_]*)=", text, flags=re.MULTILINE)
+    assert examples
+    for variable in examples:
+        copy = tmp_path / f"{variable}.env"
+        copy.write_text(re.sub(rf"^# ({variable}=)", r"\1", text, flags=re.MULTILINE))
+        assert check(copy)[0] == 0, (variable, check(copy))
 
 
 @pytest.mark.parametrize(("daemon", "variable"), SET_VARIABLES, ids=lambda v: getattr(v, "name", v))
@@ -143,7 +148,7 @@ def test_every_variable_broken_each_way_fails_naming_it(daemon: DaemonInfo, vari
 
 
 def test_every_variable_with_a_range_has_an_out_of_range_case() -> None:
-    every = set().union(*(d.variables for d in DAEMON_LIST)) - {"REDIS_URL", "REDIS_PASSWORD", "GOV_CONSUMER"}
+    every = set().union(*(d.variables for d in DAEMON_LIST)) - set(UNSET)
     assert set(OUT_OF_RANGE) | NO_RANGE == every
 
 

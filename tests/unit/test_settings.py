@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from microservices.allocation_target.settings import ProposerSettings
+from microservices.core.secrets import secret_values
 from microservices.core.settings import ConfigError, environment, load_settings, read_env_file
 from microservices.governor.settings import GovernorSettings
 
@@ -16,7 +17,8 @@ SPEC_DEFAULTS = {
     "PROPOSE_STREAM_MAXLEN": 10000, "PROPOSE_KEY_TTL": 600, "LOOP_INTERVAL_SEC": 10.0, "METRICS_PORT": 8065,
     "METRICS_ADDR": "127.0.0.1", "METRICS_MAX_SYMBOLS": 500, "P31_MAX_FUTURE_SEC": 60.0, "REDIS_BACKOFF_MAX_SEC": 5.0,
     "REDIS_HOST": "localhost", "REDIS_PORT": 6379, "REDIS_DB": 0, "REDIS_PASSWORD": None, "REDIS_URL": None,
-    "REDIS_CLUSTER": False,
+    "REDIS_CLUSTER": False, "REDIS_SENTINELS": None, "REDIS_SENTINEL_MASTER": "mymaster",
+    "REDIS_SENTINEL_PASSWORD": None,
 }  # fmt: skip
 
 
@@ -166,3 +168,60 @@ def test_an_inline_comment_shows_a_plain_value_and_hides_a_secret_one(tmp_path: 
         read_env_file(secret)
     assert str(hidden.value).startswith("invalid configuration: REDIS_PASSWORD=<redacted>: inline comment")
     assert "hunter2" not in str(hidden.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("127.0.0.1:26379", (("127.0.0.1", 26379),)),
+        ("s1.example:26379,s2.example:26380", (("s1.example", 26379), ("s2.example", 26380))),
+        ("[::1]:26379,[fe80::1%eth0]:5000", (("::1", 26379), ("fe80::1%eth0", 5000))),
+    ],
+)
+def test_sentinel_addresses_are_read_host_and_port_ipv6_in_brackets(
+    value: str, expected: tuple[tuple[str, int], ...]
+) -> None:
+    settings = load_settings(ProposerSettings, {"REDIS_SENTINELS": value})
+    assert settings.sentinel_addresses == expected
+    assert load_settings(ProposerSettings, {}).sentinel_addresses == ()
+
+
+@pytest.mark.parametrize(
+    ("value", "detail"),
+    [
+        ("127.0.0.1", "'127.0.0.1' is not host:port"),
+        ("a:1, b:2", "' b:2' is not host:port"),
+        ("a:1,", "'' is not host:port"),
+        ("::1:26379", "'::1:26379' is not host:port"),
+        ("[zz::1]:26379", "'zz::1' is not an IPv6 address"),
+        ("a:65536", "the port must be within [1, 65535]"),
+    ],
+)
+def test_a_malformed_sentinel_list_is_refused_saying_which_part(value: str, detail: str) -> None:
+    with pytest.raises(ConfigError, match="REDIS_SENTINELS") as raised:
+        load_settings(ProposerSettings, {"REDIS_SENTINELS": value})
+    assert detail in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "problem"),
+    [
+        ({"REDIS_CLUSTER": "1"}, "cannot be used with REDIS_CLUSTER=1"),
+        ({"REDIS_URL": "redis://127.0.0.1:6379/0"}, "cannot be used with REDIS_URL"),
+    ],
+)
+def test_sentinels_beside_a_cluster_or_a_url_are_refused(env: dict[str, str], problem: str) -> None:
+    for cls in (ProposerSettings, GovernorSettings):
+        with pytest.raises(ConfigError, match="REDIS_SENTINELS") as raised:
+            load_settings(cls, {"REDIS_SENTINELS": "127.0.0.1:26379", "GOV_CONSUMER": "c", **env})
+        assert problem in str(raised.value)
+    # REDIS_HOST and REDIS_PORT, which the shipped env files set, are merely ignored
+    load_settings(ProposerSettings, {"REDIS_SENTINELS": "127.0.0.1:26379", "REDIS_HOST": "x", "REDIS_PORT": "1"})
+
+
+def test_the_sentinel_password_is_redacted_like_the_others() -> None:
+    settings = load_settings(
+        ProposerSettings, {"REDIS_SENTINELS": "127.0.0.1:26379", "REDIS_SENTINEL_PASSWORD": "s3cret-pw"}
+    )
+    assert settings.as_environment()["REDIS_SENTINEL_PASSWORD"] == "<redacted>"
+    assert "s3cret-pw" in secret_values({"REDIS_SENTINEL_PASSWORD": "s3cret-pw"})
