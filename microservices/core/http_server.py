@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 
 class HealthState:
-    """Healthy while the last successful loop is younger than ``max_age_sec``; shared between loop and server."""
+    """Healthy while the last successful loop is younger than ``max_age_sec`` and nothing holds the daemon back (see
+    :meth:`set_blocked`); shared between loop and server."""
 
     def __init__(self, service: str, max_age_sec: float, clock: Callable[[], float] = time.time) -> None:
         self.service = service
@@ -30,6 +31,7 @@ class HealthState:
         self._clock = clock
         self._last_success: float | None = None
         self._last_error: str | None = None
+        self._blocked: str | None = None
         self._lock = threading.Lock()
 
     def mark_success(self) -> float:
@@ -43,13 +45,19 @@ class HealthState:
         with self._lock:
             self._last_error = kind
 
+    def set_blocked(self, reason: str | None) -> None:
+        """Unhealthy, saying ``reason``, until called again with None, however recent the last successful loop: for a
+        daemon whose loops succeed but that deliberately holds its work back (the governor waiting for replicas)."""
+        with self._lock:
+            self._blocked = reason
+
     def snapshot(self) -> tuple[bool, dict[str, Any]]:
         now = self._clock()
         with self._lock:
-            last, error = self._last_success, self._last_error
+            last, error, blocked = self._last_success, self._last_error, self._blocked
         age = None if last is None else now - last
         build = build_info()
-        healthy = age is not None and age < self.max_age_sec
+        healthy = age is not None and age < self.max_age_sec and blocked is None
         body: dict[str, Any] = {
             "status": "ok" if healthy else "unhealthy",
             "service": self.service,
@@ -62,6 +70,8 @@ class HealthState:
         }
         if error is not None:
             body["last_error"] = error
+        if blocked is not None:
+            body["blocked"] = blocked
         return healthy, body
 
 

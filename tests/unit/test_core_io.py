@@ -186,6 +186,19 @@ def test_health_follows_the_last_successful_loop(served: tuple[MetricsServer, He
     assert json.loads(_get(server, "/healthz")[1])["last_error"] == "ConnectionError"
 
 
+def test_health_is_503_while_blocked_whatever_the_loops(served: tuple[MetricsServer, HealthState, FakeClock]) -> None:
+    server, health, _ = served
+    health.mark_success()
+    health.set_blocked("waiting for replicas")
+    status, body = _get(server, "/healthz")
+    assert (status, json.loads(body)["blocked"]) == (503, "waiting for replicas")
+    health.mark_success()
+    assert _get(server, "/healthz")[0] == 503
+    health.set_blocked(None)
+    status, body = _get(server, "/healthz")
+    assert status == 200 and "blocked" not in json.loads(body)
+
+
 @pytest.mark.parametrize("path", ["/", "/metrics/x", "/health", "/favicon.ico", "/../etc/passwd"])
 def test_other_paths_are_not_found(served: tuple[MetricsServer, HealthState, FakeClock], path: str) -> None:
     assert _get(served[0], path)[0] == 404
