@@ -86,7 +86,11 @@ class RedisServer(ServerProcess):
     """``with RedisServer() as server: server.url ...`` — a private redis-server for the duration.
 
     With ``tls``, it listens for TLS only (``--port 0 --tls-port``), and :attr:`url`, :meth:`client` and the
-    readiness probe use TLS."""
+    readiness probe use TLS.
+
+    With ``cluster``, it runs in cluster mode and, once up, takes every slot: a one-node cluster. With
+    ``cluster_node`` instead, it runs in cluster mode and owns nothing, for :class:`~.redis_cluster.RedisCluster` to
+    join it to others (its ``nodes.conf`` stays in its directory, so a restart keeps its identity)."""
 
     def __init__(
         self,
@@ -94,15 +98,16 @@ class RedisServer(ServerProcess):
         port: int | None = None,
         *,
         cluster: bool = False,
+        cluster_node: bool = False,
         tls: TlsFiles | None = None,
     ) -> None:
         self.binary = find_redis_server()
         self.cluster = cluster
         self.tls = tls
         self.extra_args = list(extra_args)
-        if cluster:
+        if cluster or cluster_node:
             self.extra_args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
-        self.port = port or free_port(below=55536 if cluster else 65536)
+        self.port = port or free_port(below=55536 if cluster or cluster_node else 65536)
         super().__init__(dir_prefix="p31-redis-")
 
     @property

@@ -50,6 +50,17 @@ class ServerProcess(ABC):
                 self._process.wait()
         self._process = None
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash would end it (no shutdown of its own); the directory is kept, so it can restart."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        self._process = None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self._dir, ignore_errors=True)
