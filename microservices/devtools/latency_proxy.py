@@ -5,6 +5,12 @@ kernel (this one is built without ``CONFIG_NET_SCH_NETEM``). A chunk read at tim
 force when it was read, in the order it was read (a shorter delay set later never overtakes bytes already queued), so
 a connection sees what a slow link shows: every round trip longer by twice the delay, bytes intact and in order.
 Either side closing or failing closes the other, as a TCP connection through a middlebox does.
+
+A connection's upstream-to-client direction can also be *held*: what Redis sends is kept in the proxy, not forwarded,
+until it is released, and is lost if the connection closes first. The Sentinel topology puts its master behind this
+proxy and holds the replication links, so that writes reach the master and not its replicas, as a replica that has
+fallen behind sees it: unlike a SIGSTOP of the replica (the kernel keeps the stream for it), a master killed while held
+takes those writes with it.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import queue
 import socket
 import threading
 import time
+from collections.abc import Collection
 from types import TracebackType
 from typing import Self
 
@@ -35,6 +42,11 @@ class _Link:
         self._lock = threading.Lock()
         self._closed = False
         self._directions_done = 0
+        #: Set while upstream-to-client bytes are kept back; notified when released or closed.
+        self._held = False
+        self._release = threading.Condition(self._lock)
+        #: The proxy's own port on its connection to the upstream: how the upstream (CLIENT LIST) names this link.
+        self.upstream_local_port = int(upstream.getsockname()[1])
         for source, dest in ((client, upstream), (upstream, client)):
             chunks: queue.SimpleQueue[tuple[float, bytes] | None] = queue.SimpleQueue()
             threading.Thread(target=self._read, args=(source, chunks), name="proxy-read", daemon=True).start()
@@ -55,6 +67,8 @@ class _Link:
                 wait = due - time.monotonic()
                 if wait > 0:
                     time.sleep(wait)
+                if dest is self._sockets[0] and not self._wait_released():
+                    return  # closed while held: what was kept back is dropped
                 dest.sendall(data)
             dest.shutdown(socket.SHUT_WR)  # the other side's end of stream, passed on after the same delay
         except OSError:
@@ -66,11 +80,25 @@ class _Link:
         if both:  # each side has closed its end: the connection is over
             self.close()
 
+    def hold(self, held: bool) -> None:
+        """Keep back (or, with ``False``, forward again) what the upstream sends from the next chunk on."""
+        with self._release:
+            self._held = held
+            self._release.notify_all()
+
+    def _wait_released(self) -> bool:
+        """Block while held; whether the link is still open (a chunk read after :meth:`hold` is never sent)."""
+        with self._release:
+            while self._held and not self._closed:
+                self._release.wait()
+            return not self._closed
+
     def close(self) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            self._release.notify_all()
         for sock in self._sockets:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
@@ -129,6 +157,22 @@ class LatencyProxy:
                     upstream.close()
                     return
                 self._links.add(_Link(client, upstream, self))
+
+    def hold(self, upstream_local_ports: Collection[int]) -> int:
+        """Keep back what the upstream sends on the open links it knows by these client ports (its CLIENT LIST
+        ``addr``), until :meth:`release` or the link's end; links opened later are not held. How many were held."""
+        with self._lock:
+            links = [link for link in self._links if link.upstream_local_port in upstream_local_ports]
+        for link in links:
+            link.hold(True)
+        return len(links)
+
+    def release(self) -> None:
+        """Forward, in order, everything kept back, and hold nothing more."""
+        with self._lock:
+            links = list(self._links)
+        for link in links:
+            link.hold(False)
 
     def forget(self, link: _Link) -> None:
         with self._lock:
