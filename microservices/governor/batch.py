@@ -40,6 +40,7 @@ from microservices.governor.records import (
     permit_json,
     permit_key,
 )
+from microservices.governor.replication import PermitWrite
 from microservices.governor.settings import GovernorSettings
 
 log = logging.getLogger(__name__)
@@ -343,24 +344,48 @@ class BatchIO:
 
     # --- writing ----------------------------------------------------------------------------------------------------
 
+    def permit_write(self, item: Decided, now: float) -> PermitWrite | None:
+        """``item``'s permit as it is to be written, built once (``GOV_MIN_REPLICAS`` > 0 writes it later, after
+        the batch's decisions are confirmed); None when its outcome is no permit."""
+        plan, outcome = item.plan, item.outcome
+        if outcome.event is not Event.PERMIT or not isinstance(plan, Plan):
+            return None
+        value = permit_json(plan, outcome, now)
+        key = item.record_key or marker_key(plan)
+        return PermitWrite(plan.plan_id, item.delivery.entry_id, permit_key(plan.plan_id), value,
+                           self._settings.permit_ttl_sec, key)  # fmt: skip
+
     def queue_records(
-        self, pipe: AnyPipeline, item: Decided, now: float, *, primary: bool, secondary: bool
+        self,
+        pipe: AnyPipeline,
+        item: Decided,
+        now: float,
+        *,
+        primary: bool,
+        secondary: bool,
+        permit: bool = True,
+        keys: set[str] | None = None,
     ) -> list[str]:
         """Queue the writes that record ``item``'s outcome and return the kind of each command. The *primary*
         records are the outcome itself (permit and gate, block record, dead-letter entry); the *secondary* ones say
         it was decided (outcome marker, event). A single Redis queues both in one transaction; a cluster writes the
-        secondary ones only once the primary ones succeeded."""
+        secondary ones only once the primary ones succeeded. Without ``permit`` the permit key is left out (it is
+        written once the decisions are confirmed by replicas); ``keys`` collects the keys written."""
         plan, outcome, s = item.plan, item.outcome, self._settings
         event = outcome.event
         kinds: list[str] = []
         if event is None:
             return kinds
         command = cast(Callable[..., object], pipe.execute_command)  # untyped on the cluster pipeline
+        if keys is not None:
+            command = _recording(command, keys)
         # execute_command with the arguments spelled out: the typed helpers cost more than the rest of a plan
         if primary:
             if event is Event.PERMIT and isinstance(plan, Plan):
-                command("SET", permit_key(plan.plan_id), permit_json(plan, outcome, now), "NX", "EX", s.permit_ttl_sec)
-                kinds.append(PERMIT)
+                if permit:
+                    value = permit_json(plan, outcome, now)
+                    command("SET", permit_key(plan.plan_id), value, "NX", "EX", s.permit_ttl_sec)
+                    kinds.append(PERMIT)
                 gate = outcome.gate_after
                 if gate is not None:
                     command(
@@ -384,6 +409,16 @@ class BatchIO:
             command("XADD", EVENTS_STREAM, "MAXLEN", "~", s.events_maxlen, "*", *event_args(plan, outcome, now))
             kinds.append(EVENT)
         return kinds
+
+
+def _recording(command: Callable[..., object], keys: set[str]) -> Callable[..., object]:
+    """``command``, adding the key of each command it queues (every command here names its key first) to ``keys``."""
+
+    def recorded(*args: object) -> object:
+        keys.add(cast(str, args[1]))
+        return command(*args)
+
+    return recorded
 
 
 def _text(value: Any) -> str:

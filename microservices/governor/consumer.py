@@ -25,18 +25,28 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, cast
 
 import redis
 from redis.client import Pipeline
 from redis.exceptions import ResponseError, WatchError
 
+from microservices.core.http_server import HealthState
+from microservices.core.logs import LogThrottle
 from microservices.core.redis_client import REDIS_ERRORS, RedisClient
 from microservices.governor.batch import PERMIT, BatchIO, Decided, Delivery, Parsed
 from microservices.governor.decision import Event, Outcome, Reason
 from microservices.governor.metrics import BatchTally, GovernorMetrics
 from microservices.governor.plan import entry_time
 from microservices.governor.records import OutcomeMarker
+from microservices.governor.replication import (
+    HeldPermits,
+    PermitWrite,
+    Replicas,
+    ReplicationUnconfirmedError,
+    write_permits,
+)
 from microservices.governor.settings import GovernorSettings
 
 log = logging.getLogger(__name__)
@@ -99,6 +109,7 @@ class Governor:
         monotonic: Callable[[], float] = time.monotonic,
         batch_size: int = BATCH_SIZE,
         reader: RedisClient | None = None,
+        health: HealthState | None = None,
     ) -> None:
         self._client = client
         #: The client of the blocking read for new plans, whose socket timeout must outlast the block; every other
@@ -132,6 +143,19 @@ class Governor:
         self._next_gauges = 0.0
         self._next_summary = monotonic() + SUMMARY_EVERY_SEC
         self._summary: Counter[str] = Counter()
+        #: Where /healthz learns that permits are held back (GOV_MIN_REPLICAS).
+        self._health = health
+        #: GOV_MIN_REPLICAS > 0: a batch's decisions are confirmed by replicas before its permits are written.
+        self._replicas = (
+            Replicas(client, self._consumer, settings.min_replicas, settings.replica_wait_ms)
+            if settings.min_replicas > 0
+            else None
+        )
+        #: The permits of the last batch, while its decisions are not confirmed: see :meth:`_release_held`.
+        self._held: HeldPermits | None = None
+        #: The permits of the batch whose EXEC reply never came (:attr:`_unconfirmed`).
+        self._unconfirmed_permits: tuple[PermitWrite, ...] = ()
+        self._throttle = LogThrottle(60.0)
 
     # --- the runner's step ----------------------------------------------------------------------------------------
 
@@ -142,6 +166,9 @@ class Governor:
         try:
             self._ensure_group()
             self._count_unconfirmed_write()
+            if not self._release_held():  # safety over liveness: no new plan is decided while permits wait
+                self._refresh_gauges()
+                return 0
             deliveries = self._next_pending() or self._next_claimed()
             if not deliveries:
                 deliveries = self._read_new(self._settings.read_block_ms)
@@ -176,6 +203,7 @@ class Governor:
                 total += len(deliveries)
                 if _entry_key(deliveries[-1].entry_id) >= last:  # what the stream held at the start is decided
                     break
+            self._require_released()
             self._refresh_gauges(force=True)
             return total
         except BaseException as exc:
@@ -345,6 +373,7 @@ class Governor:
                     self._dead_letter_undecidable(item, exc)
 
     def _process_parsed(self, parsed: Sequence[Parsed]) -> None:
+        self._require_released()
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 decided, finished = self._decide_and_write(parsed)
@@ -355,6 +384,7 @@ class Governor:
                 log.debug("batch of %d plans: a watched key changed, deciding again (attempt %d)", len(parsed), attempt)
                 continue
             self._account(decided, finished)
+            self._release_held()
             return
         self._pending_left_behind = True
         if self._pending_cursor is None:
@@ -390,24 +420,28 @@ class Governor:
         if self._transactional:
             pipe = tx if tx is not None else cast(Pipeline, self._client.pipeline(transaction=True))
             pipe.multi()
+            permits = self._permit_writes(decided, now)
             kinds: list[tuple[str, Decided]] = []
             for item in decided:
-                kinds += [
-                    (kind, item) for kind in self._io.queue_records(pipe, item, now, primary=True, secondary=True)
-                ]
+                queued = self._io.queue_records(
+                    pipe, item, now, primary=True, secondary=True, permit=self._replicas is None
+                )
+                kinds += [(kind, item) for kind in queued]
             if decided:
                 pipe.xack(self._stream, self._group, *[d.delivery.entry_id for d in decided])
-            self._unconfirmed = list(decided)  # until EXEC's reply says whether it ran
+            # until EXEC's reply says whether it ran
+            self._unconfirmed, self._unconfirmed_permits = list(decided), permits
             try:
                 replies = pipe.execute(raise_on_error=False)
             except ResponseError:  # EXECABORT (OOM, READONLY, ...): refused as a whole, nothing written
-                self._unconfirmed = []
+                self._unconfirmed, self._unconfirmed_permits = [], ()
                 raise
             except WatchError as exc:
                 if str(exc) == WATCH_CONFLICT:  # nothing written; any other WatchError is a connection lost
-                    self._unconfirmed = []
+                    self._unconfirmed, self._unconfirmed_permits = [], ()
                 raise
-            self._unconfirmed = []
+            self._unconfirmed, self._unconfirmed_permits = [], ()
+            self._hold(permits, frozenset())
             self._report_failed_writes(kinds, replies)
             return list(decided)
         return self._write_in_cluster(decided, now)
@@ -419,7 +453,7 @@ class Governor:
         or none: this consumer's, for these very entries. If it did not run, the entries are still pending, and are
         decided and counted when re-read. (A batch that only acknowledged entries writes no marker: it is not
         counted, which leaves ``quantum_govern_already_decided_total`` short.)"""
-        batch = self._unconfirmed
+        batch, permits = self._unconfirmed, self._unconfirmed_permits
         if not batch:
             return
         marked = [(item.delivery.entry_id, key) for item in batch if (key := item.record_key) is not None]
@@ -427,7 +461,7 @@ class Governor:
         for _, key in marked:
             pipe.get(key)
         markers = [OutcomeMarker.parse(raw) for raw in pipe.execute()] if marked else []
-        self._unconfirmed = []
+        self._unconfirmed, self._unconfirmed_permits = [], ()
         ran = any(
             marker is not None and (marker.entry_id, marker.consumer) == (entry_id, self._consumer)
             for (entry_id, _), marker in zip(marked, markers, strict=True)
@@ -435,16 +469,21 @@ class Governor:
         if ran:
             log.info("the unconfirmed write of a batch of %d plans happened: its outcomes are counted now", len(batch))
             self._account(batch, self._clock())
+            self._hold(permits, frozenset())
 
     def _write_in_cluster(self, decided: Sequence[Decided], now: float) -> list[Decided]:
         failed: set[int] = set()
         taken: set[int] = set()  # a permit SET NX found in place: another writer decided the plan first
+        replicated = self._replicas is not None
+        keys: set[str] | None = {self._stream} if replicated else None  # where the batch's decisions went
         for primary in (True, False):
             pipe = self._client.pipeline(transaction=False)
             kinds: list[tuple[str, int]] = []
             for i, item in enumerate(decided):
                 if i not in failed and i not in taken:
-                    queued = self._io.queue_records(pipe, item, now, primary=primary, secondary=not primary)
+                    queued = self._io.queue_records(
+                        pipe, item, now, primary=primary, secondary=not primary, permit=not replicated, keys=keys
+                    )
                     kinds += [(kind, i) for kind in queued]
             results = pipe.execute(raise_on_error=False) if kinds else []
             for (kind, i), result in zip(kinds, results, strict=True):
@@ -458,9 +497,99 @@ class Governor:
             acks = self._client.pipeline(transaction=False)
             acks.xack(self._stream, self._group, *[d.delivery.entry_id for d in acked])
             acks.execute()
+            self._hold(self._permit_writes(acked, now), frozenset(keys or ()))
         if failed:
             raise redis.RedisError(f"{len(failed)} plan(s) left pending: their outcome could not be written")
         return acked
+
+    # --- writes that survive a failover (GOV_MIN_REPLICAS > 0) -------------------------------------------------
+
+    def _permit_writes(self, decided: Sequence[Decided], now: float) -> tuple[PermitWrite, ...]:
+        """The batch's permits as decided, when they are to wait for its decisions' confirmation; else none."""
+        if self._replicas is None:
+            return ()
+        return tuple(permit for item in decided if (permit := self._io.permit_write(item, now)) is not None)
+
+    def _hold(self, permits: tuple[PermitWrite, ...], keys: frozenset[str]) -> None:
+        """Keep a written batch's permits until replicas confirm its decisions (:meth:`_release_held`)."""
+        if permits:
+            held = self._held
+            if held is not None:  # not released yet (only when a failure cut a release short): one wait for both
+                permits, keys = held.permits + permits, held.keys | keys
+            self._held = HeldPermits(permits, keys, self._monotonic(), counted=held is not None and held.counted)
+
+    def _release_held(self) -> bool:
+        """Confirm the held batch's decisions with WAIT and, once confirmed, write its permits; True when nothing
+        is held any more. Not confirmed in time: counted once per batch, logged (throttled), and /healthz says why;
+        the next call tries again. A Redis error leaves the permits held and is raised."""
+        held, replicas = self._held, self._replicas
+        if held is None or replicas is None:
+            return True
+        try:
+            acked = replicas.confirm(held.keys)
+        except REDIS_ERRORS as exc:
+            self._set_blocked(self._held_reason(held, f"replicas could not be asked ({type(exc).__name__})"))
+            raise
+        if acked < replicas.min_replicas:
+            if not held.counted:
+                self._metrics.replication_unconfirmed.inc()
+                held = self._held = replace(held, counted=True)
+            reason = self._held_reason(
+                held, f"{acked} of {replicas.min_replicas} replica(s) confirmed within {replicas.wait_ms} ms"
+            )
+            self._throttle.log(log, logging.WARNING, "unconfirmed", "%s", reason)
+            self._set_blocked(reason)
+            return False
+        try:
+            result = write_permits(self._client, held.permits, self._consumer)
+        except REDIS_ERRORS as exc:
+            self._set_blocked(self._held_reason(held, f"confirmed, but the permits could not be written ({exc})"))
+            raise
+        self._held = None
+        self._set_blocked(None)
+        if held.counted:
+            log.info("replicas confirmed a batch's decisions after %.1fs: %d held permit(s) written",
+                     self._monotonic() - held.since, len(result.written))  # fmt: skip
+        if result.existing:
+            self._metrics.redis_errors.inc(len(result.existing))
+            log.error("%d held permit(s) found in place already, not written: %s", len(result.existing),
+                      ", ".join(result.existing[:5]))  # fmt: skip
+        if result.decision_lost:
+            log.warning("%d held permit(s) not written: their decision is no longer in Redis (a failover lost it "
+                        "before replicas confirmed it); the plans will be decided again: %s",
+                        len(result.decision_lost), ", ".join(result.decision_lost[:5]))  # fmt: skip
+        return True
+
+    def _require_released(self) -> None:
+        """No batch is decided while permits wait: ``--once`` (which has no health to report through) fails, to be
+        retried by the runner, and gives up after 10 s as without Redis."""
+        if not self._release_held():
+            held = len(self._held.permits) if self._held is not None else 0
+            raise ReplicationUnconfirmedError(f"{held} permit(s) wait for replicas to confirm their decisions")
+
+    def _held_reason(self, held: HeldPermits, why: str) -> str:
+        return (f"{len(held.permits)} permit(s) held for {self._monotonic() - held.since:.1f}s until replicas "
+                f"confirm their batch's decisions; no new plan is decided meanwhile: {why}")  # fmt: skip
+
+    def _set_blocked(self, reason: str | None) -> None:
+        if self._health is not None:
+            self._health.set_blocked(reason)
+
+    def stop(self) -> None:
+        """On shutdown: one last try to write held permits; else say which plan_ids' permits were not written
+        (their decisions stand; the apply layer times out on them, which SPEC §9 accepts)."""
+        if self._held is None:
+            return
+        try:
+            if self._release_held():
+                return
+        except REDIS_ERRORS as exc:
+            log.warning("last try to confirm held permits failed: %s: %s", type(exc).__name__, exc)
+        held = self._held
+        if held is not None:
+            log.error("stopping with %d permit(s) not written, their batch's decisions unconfirmed by replicas (the "
+                      "decisions stand; the apply layer times out on them): plan_ids %s", len(held.permits),
+                      " ".join(held.plan_ids))  # fmt: skip
 
     def _hold_unwritable_dead_letters(self, decided: list[Decided]) -> list[Decided]:
         """The batch without its dead letters when the dead-letter stream cannot take them (a key of another type

@@ -136,6 +136,12 @@ class GovernorMetrics:
             "Batches decided again because another writer changed a watched key first",
             registry=registry,
         )
+        self.replication_unconfirmed = CounterMetric(
+            "quantum_govern_replication_unconfirmed",
+            "Batches whose decisions GOV_MIN_REPLICAS replicas did not confirm within GOV_REPLICA_WAIT_MS (once per "
+            "batch): their permits wait, and no new batch is decided, until they do",
+            registry=registry,
+        )
         self.unreadable_state = CounterMetric(
             "quantum_govern_unreadable_state",
             "Kill switch or symbol gate that could not be read or parsed (treated as disengaged, fail-open)",

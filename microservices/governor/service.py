@@ -30,13 +30,21 @@ def build(settings: GovernorSettings, args: DaemonArgs, metrics: GovernorMetrics
     client = connect(settings, client_name=PROG)
     # the blocking read for new plans has a client of its own, with a socket timeout that outlasts the block
     reader = connect(settings, client_name=PROG, socket_timeout=settings.socket_timeout_sec)
-    governor = Governor(client, settings, metrics, reader=reader)
+    health = HealthState(PROG, HEALTH_MAX_AGE_SEC)
+    governor = Governor(client, settings, metrics, reader=reader, health=health)
+
+    def close() -> None:
+        try:
+            governor.stop()
+        finally:
+            _close(client, reader)
+
     return Service(
         step=governor.drain if args.once else governor.poll,
         ping=client.ping,
         interval_sec=0.0,
-        health=HealthState(PROG, HEALTH_MAX_AGE_SEC),
-        close=lambda: _close(client, reader),
+        health=health,
+        close=close,
     )
 
 

@@ -29,6 +29,11 @@ MAX_READ_BLOCK_MS = 2000
 SOCKET_TIMEOUT_MARGIN_SEC = 2.0
 #: /healthz is 200 while the last successful read is younger than this (SPEC §5): every read is a loop.
 HEALTH_MAX_AGE_SEC = 10.0
+#: Longest ``WAIT`` for replicas, ms: well under the client's 2 s socket timeout (a longer WAIT would time the
+#: connection out instead of answering), and short enough that a last try on SIGTERM fits in SPEC §5's 5 s.
+MAX_REPLICA_WAIT_MS = 1000
+#: Most replicas a batch can be made to wait for: more than any deployment runs, low enough to catch a typo.
+MAX_MIN_REPLICAS = 100
 
 
 def _host_name() -> str:
@@ -122,6 +127,20 @@ class GovernorSettings(CommonSettings):
     )  # fmt: skip
     max_exec_per_hour: int = setting(
         "GOV_MAX_EXEC_PER_HOUR", 3, "most non-reducing permits per symbol in any hour", check=between(1, MAX_COUNT)
+    )
+    # --- writes that survive a failover (SPEC §9)
+    min_replicas: int = setting(
+        "GOV_MIN_REPLICAS",
+        0,
+        "replicas that must confirm a batch's decisions (WAIT) before its permits are written (0: off)",
+        check=between(0, MAX_MIN_REPLICAS),
+    )
+    replica_wait_ms: int = setting(
+        "GOV_REPLICA_WAIT_MS",
+        100,
+        "longest WAIT for GOV_MIN_REPLICAS replicas per try, ms; an unconfirmed batch's permits wait and it is tried "
+        "again",
+        check=between(1, MAX_REPLICA_WAIT_MS),
     )
     metrics_port: int = setting("METRICS_PORT", 8044, "port of the /metrics and /healthz server", check=port)
 

@@ -1,0 +1,184 @@
+"""Writes that survive a failover (SPEC §9, ``GOV_MIN_REPLICAS``): a batch's decisions are confirmed with ``WAIT``
+before its permits are written, against a real master and a real replica (a replica stopped with SIGSTOP acknowledges
+nothing, as one cut off or hung would)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+import redis
+
+from microservices.devtools.redis_server import RedisServer
+from tests.daemons import Daemon, daemon_env, run_once
+from tests.redis_util import hset_text, stream_entries
+
+MODULE = "microservices.governor"
+PLANS = "quantum:stream:apply.plan"
+EVENTS = "quantum:stream:governor.events"
+PERMIT = "quantum:permit:"
+PROBE = "quantum:governor:replication-probe:"
+UNCONFIRMED = "quantum_govern_replication_unconfirmed_total"
+CONSUMER = "gov-repl"
+REPLICATED = {"GOV_MIN_REPLICAS": "1", "GOV_REPLICA_WAIT_MS": "100", "GOV_CONSUMER": CONSUMER}
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 15, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no {what} within {timeout:g}s")
+
+
+@pytest.fixture
+def servers() -> Iterator[tuple[RedisServer, RedisServer]]:
+    """A master and its replica, the link up and the first sync done."""
+    with RedisServer() as master, RedisServer(extra_args=["--replicaof", "127.0.0.1", str(master.port)]) as replica:
+        m, r = master.client(), replica.client()
+        wait_until(
+            lambda: (
+                m.info("replication")["connected_slaves"] == 1 and r.info("replication")["master_link_status"] == "up"
+            ),
+            what="replication link",
+        )
+        yield master, replica
+
+
+@contextlib.contextmanager
+def replica_stopped(replica: RedisServer) -> Iterator[Callable[[], float]]:
+    """The replica stopped (SIGSTOP: it acknowledges nothing) until the block ends or the yielded function resumes it
+    (returning the time it did)."""
+    pid = int(replica.client().info("server")["process_id"])
+    os.kill(pid, signal.SIGSTOP)
+    resumed: list[float] = []
+
+    def resume() -> float:
+        if not resumed:
+            os.kill(pid, signal.SIGCONT)
+            resumed.append(time.time())
+        return resumed[0]
+
+    try:
+        yield resume
+    finally:
+        resume()
+
+
+def publish_plans(r: redis.Redis, *plan_ids: str) -> None:
+    """Opening plans on symbols of their own, published in one transaction: a governor blocked reading gets them in
+    one batch."""
+    eff = {"efficiency_score": "0.2", "confidence": "0.9", "ts": str(time.time() - 10)}
+    for plan_id in plan_ids:
+        hset_text(r, "quantum:capital:efficiency:S" + plan_id, eff)
+    tx = r.pipeline(transaction=True)
+    for plan_id in plan_ids:
+        fields = {"plan_id": plan_id, "symbol": "S" + plan_id, "action": "OPEN_LONG", "decision": "EXECUTE", "qty": "3"}
+        tx.xadd(PLANS, cast(Any, fields))
+    tx.execute()
+
+
+def events_by_plan(r: redis.Redis) -> dict[str, dict[str, str]]:
+    return {e["plan_id"]: e for e in stream_entries(r, EVENTS)}
+
+
+def wait_calls(r: redis.Redis) -> int:
+    return int(r.info("commandstats").get("cmdstat_wait", {}).get("calls", 0))
+
+
+def test_permits_are_written_once_a_live_replica_confirms_the_decisions(
+    servers: tuple[RedisServer, RedisServer],
+) -> None:
+    master, replica = servers
+    m, r = master.client(), replica.client()
+    publish_plans(m, "a1", "a2", "a3")
+
+    result = run_once(MODULE, master.url, REPLICATED)
+
+    assert result.returncode == 0, result.stderr
+    assert wait_calls(m) >= 1  # confirmed with WAIT (on the probe's connection)
+    assert m.exists(PROBE + CONSUMER) == 1
+    assert {e["event"] for e in events_by_plan(m).values()} == {"permit"}
+    assert m.xpending(PLANS, "governor")["pending"] == 0
+    permits = {plan_id: m.get(PERMIT + plan_id) for plan_id in ("a1", "a2", "a3")}
+    assert all(permit is not None and json.loads(permit)["plan_id"] == p for p, permit in permits.items()), permits
+    wait_until(lambda: {p: r.get(PERMIT + p) for p in permits} == permits, what="the permits on the replica")
+
+
+def test_no_wait_and_no_probe_when_off(servers: tuple[RedisServer, RedisServer]) -> None:
+    master, _ = servers
+    m = master.client()
+    m.config_resetstat()
+    publish_plans(m, "b1")
+
+    result = run_once(MODULE, master.url, {"GOV_CONSUMER": CONSUMER})
+
+    assert result.returncode == 0, result.stderr
+    assert m.get(PERMIT + "b1") is not None
+    assert "cmdstat_wait" not in m.info("commandstats")
+    assert m.keys(PROBE + "*") == []
+
+
+def test_unconfirmed_decisions_hold_their_permits_until_the_replica_is_back(
+    servers: tuple[RedisServer, RedisServer], tmp_path: Path
+) -> None:
+    master, replica = servers
+    m = master.client()
+    with contextlib.closing(Daemon(MODULE, daemon_env(master.url, REPLICATED), tmp_path / "gov.log")) as daemon:
+        daemon.wait_for(lambda: daemon.get("/healthz")[0] == 200, what="healthy")
+        with replica_stopped(replica) as resume:
+            publish_plans(m, "c1", "c2", "c3")
+            daemon.wait_for(lambda: len(events_by_plan(m)) == 3, what="the decisions recorded")
+            daemon.wait_for(lambda: daemon.metric(UNCONFIRMED) == 1, what="the batch counted unconfirmed")
+            # decided, recorded and acknowledged; no permit written
+            assert m.xpending(PLANS, "governor")["pending"] == 0
+            assert m.keys(PERMIT + "*") == []
+            status, body = daemon.get("/healthz")
+            assert status == 503, body
+            assert "3 permit(s) held" in json.loads(body)["blocked"], body
+            # safety over liveness: no new plan is decided meanwhile; the batch is counted once, however long
+            publish_plans(m, "c4")
+            time.sleep(1.5)
+            assert "c4" not in events_by_plan(m)
+            assert m.keys(PERMIT + "*") == []
+            assert daemon.metric(UNCONFIRMED) == 1
+            assert "replica(s) confirmed within 100 ms" in daemon.log()
+            resumed_at = resume()
+            daemon.wait_for(lambda: len(m.keys(PERMIT + "*")) == 4, what="the held permits, then c4's")
+        events = events_by_plan(m)
+        for plan_id in ("c1", "c2", "c3"):
+            permit = json.loads(m.get(PERMIT + plan_id) or "{}")
+            # the JSON built when it was decided (its created_at is the event's ts), not when it was written
+            assert f"{permit['created_at']:.3f}" == events[plan_id]["ts"]
+            assert permit["created_at"] < resumed_at
+        assert daemon.metric(UNCONFIRMED) == 1
+        daemon.wait_for(lambda: daemon.get("/healthz")[0] == 200, what="healthy again")
+        assert "blocked" not in json.loads(daemon.get("/healthz")[1])
+
+
+def test_sigterm_while_permits_are_held_exits_0_and_names_them(
+    servers: tuple[RedisServer, RedisServer], tmp_path: Path
+) -> None:
+    master, replica = servers
+    m = master.client()
+    with contextlib.closing(Daemon(MODULE, daemon_env(master.url, REPLICATED), tmp_path / "gov.log")) as daemon:
+        daemon.wait_for(lambda: daemon.get("/healthz")[0] == 200, what="healthy")
+        with replica_stopped(replica):
+            publish_plans(m, "d1", "d2")
+            daemon.wait_for(lambda: daemon.metric(UNCONFIRMED) == 1, what="the batch counted unconfirmed")
+
+            code, took = daemon.terminate()
+
+            assert (code, took < 5) == (0, True), (code, took)
+            assert "stopping with 2 permit(s) not written" in daemon.log()
+            assert "plan_ids d1 d2" in daemon.log()
+        assert m.keys(PERMIT + "*") == []
+        assert {e["event"] for e in events_by_plan(m).values()} == {"permit"}  # the decisions stand
