@@ -59,6 +59,10 @@ class ProposerMetrics:
             "p29_shadow_proposal_multiplier", "Multiplier of each proposal written (one per symbol and loop)",
             buckets=MULTIPLIER_BUCKETS, registry=registry,
         )  # fmt: skip
+        self.leader = Gauge(
+            "p29_shadow_leader", "1 while this instance holds the proposer lease and writes, 0 while it stands by",
+            registry=registry,
+        )  # fmt: skip
         self.build_info = register_build_info(registry)
         for reason in EffReason:
             self.proposed.labels(reason.value)
@@ -73,3 +77,10 @@ class ProposerMetrics:
         for reason in EffReason:
             self.live_usd.labels(reason.value).set(live.get(reason.value, 0.0))
             self.proposed_usd.labels(reason.value).set(proposed.get(reason.value, 0.0))
+
+    def clear_loop_gauges(self) -> None:
+        """Forget the last loop's gauges (per-symbol series, totals, symbol count) when this instance stops leading:
+        a standby must not go on exporting a former leadership's view, or sums over the instances count it twice."""
+        self.per_symbol.publish({})
+        self.publish_usd_totals({}, {})
+        self.symbols.set(0)

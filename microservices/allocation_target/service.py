@@ -11,7 +11,7 @@ from microservices.allocation_target.proposer import Proposer
 from microservices.allocation_target.settings import ProposerSettings
 from microservices.core.daemon import DaemonArgs, Service, run_daemon
 from microservices.core.http_server import HealthState
-from microservices.core.redis_client import connect
+from microservices.core.redis_client import RedisClient, connect
 from microservices.core.stop_signal import StopSignal
 
 PROG = "allocation-target"
@@ -31,8 +31,16 @@ def build(settings: ProposerSettings, _args: DaemonArgs, metrics: ProposerMetric
         ping=client.ping,
         interval_sec=settings.loop_interval_sec,
         health=HealthState(PROG, settings.health_max_age_sec),
-        close=client.close,
+        close=lambda: _close(proposer, client),
     )
+
+
+def _close(proposer: Proposer, client: RedisClient) -> None:
+    """On the way out (SIGTERM, SIGINT, the end of ``--once``): give the lease up, then the connections."""
+    try:
+        proposer.release()
+    finally:
+        client.close()
 
 
 def run(argv: Sequence[str] | None, stop: StopSignal) -> int:

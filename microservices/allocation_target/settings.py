@@ -10,6 +10,7 @@ from microservices.core.settings import (
     MAX_COUNT,
     MAX_REDIS_SECONDS,
     MAX_SECONDS,
+    Check,
     CommonSettings,
     ConfigError,
     no_white_space,
@@ -21,6 +22,14 @@ from microservices.core.settings import (
 )
 
 DEFAULT_STREAM = "quantum:stream:allocation.target.proposed"
+DEFAULT_LEASE_KEY = "quantum:allocation_target:leader"
+#: The lease's default TTL, in loop intervals (SPEC §9).
+LEASE_TTL_INTERVALS = 3
+
+
+def _unset_or(check: Check) -> Check:
+    """``check`` for a value that may be unset (None: its default is computed at start-up)."""
+    return lambda value: None if value is None else check(value)
 
 
 @dataclass(frozen=True)
@@ -45,11 +54,34 @@ class ProposerSettings(CommonSettings):
         "LOOP_INTERVAL_SEC", 10.0, "time between loop starts, seconds", check=positive_up_to(MAX_SECONDS)
     )
     metrics_port: int = setting("METRICS_PORT", 8065, "port of the /metrics and /healthz server", check=port)
+    lease_key: str = setting(
+        "PROPOSER_LEASE_KEY", DEFAULT_LEASE_KEY,
+        "key of the lease the one writing proposer holds; every proposer of a deployment must use the same",
+        check=no_white_space,
+    )  # fmt: skip
+    lease_ttl_setting: float | None = setting(
+        "PROPOSER_LEASE_TTL_SEC", None,
+        "TTL of the proposer lease, seconds (default: 3 x LOOP_INTERVAL_SEC): a standby takes over within it plus one "
+        "interval of the holder's death",
+        check=_unset_or(positive_up_to(MAX_SECONDS)),
+    )  # fmt: skip
 
     def cross_check(self) -> None:
         super().cross_check()
         if self.min_mult > self.max_mult:
             raise ConfigError("P31_MIN_MULT", self.min_mult, f"must not exceed P31_MAX_MULT ({self.max_mult:g})")
+        if self.lease_ttl_sec <= self.loop_interval_sec:  # else the holder's lease lapses between two renewals
+            raise ConfigError(
+                "PROPOSER_LEASE_TTL_SEC", self.lease_ttl_setting,
+                f"must exceed LOOP_INTERVAL_SEC ({self.loop_interval_sec:g})",
+            )  # fmt: skip
+
+    @property
+    def lease_ttl_sec(self) -> float:
+        """``PROPOSER_LEASE_TTL_SEC``, or 3 x ``LOOP_INTERVAL_SEC`` when it is unset."""
+        if self.lease_ttl_setting is not None:
+            return self.lease_ttl_setting
+        return LEASE_TTL_INTERVALS * self.loop_interval_sec
 
     @property
     def efficiency_policy(self) -> EfficiencyPolicy:

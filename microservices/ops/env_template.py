@@ -42,6 +42,11 @@ UNSET: dict[str, tuple[str, str]] = {
         "re-read under it) and differ between replicas; an empty value is refused.",
         "governor-1",
     ),
+    "PROPOSER_LEASE_TTL_SEC": (
+        "Default: 3 x LOOP_INTERVAL_SEC, computed at start-up (30 with the default interval). Every proposer of a "
+        "deployment should use the same.",
+        "30",
+    ),
 }
 
 #: Constraints between variables (a settings class's ``cross_check``), which no single check states.
@@ -49,6 +54,7 @@ CROSS_CHECKS: dict[str, str] = {
     "P31_MIN_MULT": "must not exceed P31_MAX_MULT",
     "P31_MAX_MULT": "must not be below P31_MIN_MULT",
     "REDIS_SENTINELS": "not with REDIS_URL or REDIS_CLUSTER=1",
+    "PROPOSER_LEASE_TTL_SEC": "must exceed LOOP_INTERVAL_SEC",
 }
 
 _SAFE_VALUE = re.compile(r"[A-Za-z0-9_.:/@+-]*")

@@ -37,6 +37,7 @@ OUT_OF_RANGE = {
     "GOV_MAX_DELIVERIES": "0", "GOV_PLAN_MAX_AGE_SEC": "0", "GOV_EVENTS_MAXLEN": "0", "GOV_KILL_SCORE_CRITICAL": "2",
     "GOV_SYMBOL_COOLDOWN_SECONDS": "-1", "GOV_MAX_EXEC_PER_5MIN": "0", "GOV_MAX_EXEC_PER_HOUR": "0",
     "REDIS_SENTINEL_MASTER": "'my master'", "GOV_MIN_REPLICAS": "-1", "GOV_REPLICA_WAIT_MS": "0",
+    "PROPOSER_LEASE_KEY": "'lease key'",
 }  # fmt: skip
 #: Variables whose every finite number, or every non-empty text, is valid: they have no range to leave.
 NO_RANGE = {"P31_SCALE", "P31_BASE", "REDIS_HOST", "PROPOSE_STREAM_NAME", "REDIS_CLUSTER"}

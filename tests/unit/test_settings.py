@@ -18,7 +18,8 @@ SPEC_DEFAULTS = {
     "METRICS_ADDR": "127.0.0.1", "METRICS_MAX_SYMBOLS": 500, "P31_MAX_FUTURE_SEC": 60.0, "REDIS_BACKOFF_MAX_SEC": 5.0,
     "REDIS_HOST": "localhost", "REDIS_PORT": 6379, "REDIS_DB": 0, "REDIS_PASSWORD": None, "REDIS_URL": None,
     "REDIS_CLUSTER": False, "REDIS_SENTINELS": None, "REDIS_SENTINEL_MASTER": "mymaster",
-    "REDIS_SENTINEL_PASSWORD": None,
+    "REDIS_SENTINEL_PASSWORD": None, "PROPOSER_LEASE_KEY": "quantum:allocation_target:leader",
+    "PROPOSER_LEASE_TTL_SEC": None,
 }  # fmt: skip
 
 
