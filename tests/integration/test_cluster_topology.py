@@ -1,0 +1,225 @@
+"""Issue 14 item 2, SPEC §9: both daemons on a real multi-master Redis Cluster (three masters with a replica each, six
+``redis-server`` processes), run as real processes with ``REDIS_CLUSTER=1``.
+
+* the proposer: one loop over 10,000 symbols writes every symbol's shadow hash (spread over the three masters) and
+  one stream entry each;
+* three governor replicas under contention: hundreds of opening plans on a few symbols, in rounds spaced past the
+  cooldown; no symbol ever gets two opening permits inside its cooldown, nor more than its rate limits, and every plan
+  ends with exactly one outcome;
+* a master failover under load (SIGKILL of the master holding the plan stream, ~200 plans/s, the master restarted to
+  rejoin as a replica): no plan_id ever has two different permits as the apply layer sees them, every plan in the
+  stream ends with exactly one outcome and nothing stays pending; the figures (time to resume, what was lost) are
+  printed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import cast
+
+import pytest
+import redis
+from redis.cluster import RedisCluster as ClusterClient
+
+from microservices.devtools.cluster_plans import ClusterPlanProducer, PermitPoller
+from microservices.devtools.daemon_process import DaemonProcess, daemon_env
+from microservices.devtools.plans import (
+    EVENTS,
+    GROUP,
+    PLANS,
+    outcome_violations,
+    settled,
+    stream_entries,
+    stream_plan_set,
+)
+from microservices.devtools.redis_cluster import RedisCluster
+from tests.daemons import run_once
+
+pytestmark = pytest.mark.topology
+
+PROPOSER = "microservices.allocation_target"
+GOVERNOR = "microservices.governor"
+PROPOSALS = "quantum:stream:allocation.target.proposed"
+SYMBOLS = 10_000
+
+COOLDOWN_SEC = 3.0
+MAX_PER_5MIN = 3
+MAX_PER_HOUR = 4
+ROUNDS = 4
+CONTENDED = ("CA", "CB", "CC", "CD", "CE", "CF")
+PLANS_PER_SYMBOL_PER_ROUND = 40
+#: Two created_at values of one symbol closer than the cooldown by more than this are a violation (event ``ts`` is
+#: written to the millisecond).
+EPSILON = 0.002
+
+PLANS_PER_SEC = 200
+#: The governors' settings with GOV_MIN_REPLICAS (SPEC §9): a batch's decisions confirmed by a replica before its
+#: permits are written.
+MIN_REPLICAS = "1"
+
+
+@pytest.fixture
+def cluster() -> Iterator[RedisCluster]:
+    with RedisCluster() as c:
+        yield c
+
+
+def as_redis(client: ClusterClient) -> redis.Redis:
+    """The cluster client where the plan tools want a client: every command they send exists on it."""
+    return cast(redis.Redis, client)
+
+
+def start_governors(
+    stack: ExitStack, cluster: RedisCluster, tmp_path: Path, count: int, extra: dict[str, str]
+) -> list[DaemonProcess]:
+    governors = []
+    for k in range(count):
+        env = daemon_env(
+            cluster.url,
+            {
+                "REDIS_CLUSTER": "1", "GOV_CONSUMER": f"gov-{k}", "GOV_BLOCK_MS": "100", "PERMIT_TTL_SEC": "900",
+                "REDIS_BACKOFF_MAX_SEC": "0.5", "LOG_LEVEL": "INFO", **extra,
+            },
+        )  # fmt: skip
+        governor = DaemonProcess(GOVERNOR, env, tmp_path / f"gov-{k}.log", start_timeout=30)
+        stack.callback(governor.close)
+        governors.append(governor)
+    return governors
+
+
+def text_hash(client: ClusterClient, key: str) -> dict[str, str]:
+    raw: dict[bytes, bytes] = client.hgetall(key)  # type: ignore[assignment]  # bytes replies
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def wait_settled(client: ClusterClient, governors: list[DaemonProcess], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not settled(as_redis(client)):
+        for governor in governors:
+            assert governor.running, governor.log()[-3000:]
+        if time.monotonic() > deadline:
+            logs = "\n".join(g.log()[-1500:] for g in governors)
+            pytest.fail(f"the plans did not settle within {timeout:g}s: {logs}")
+        time.sleep(0.05)
+
+
+def wait_for_group(client: ClusterClient, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not (client.exists(PLANS) and any(g["name"] == GROUP.encode() for g in client.xinfo_groups(PLANS))):
+        assert time.monotonic() < deadline, "the governors never created their group"
+        time.sleep(0.05)
+
+
+# --- the proposer ---------------------------------------------------------------------------------------------------
+
+
+def test_one_proposer_loop_writes_10000_symbols_over_the_three_masters(cluster: RedisCluster) -> None:
+    client = cluster.client()
+    now = time.time()
+    pipe = client.pipeline(transaction=False)  # type: ignore[no-untyped-call]  # untyped upstream
+    for i in range(SYMBOLS):
+        pipe.hset(f"quantum:allocation:target:S{i}", "target_usd", str(100 + i))
+        if i % 10:  # a tenth without an efficiency score: missing_eff, multiplier 1
+            score = {"efficiency_score": "0.9", "confidence": "0.9", "ts": str(now)}
+            pipe.hset(f"quantum:capital:efficiency:S{i}", mapping=score)
+    pipe.execute()
+
+    started = time.monotonic()
+    result = run_once(PROPOSER, cluster.url, {"REDIS_CLUSTER": "1", "PROPOSE_STREAM_MAXLEN": "100000"}, timeout=120)
+    took = time.monotonic() - started
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    per_master = [
+        sum(1 for _ in master.client().scan_iter(match="quantum:allocation:target:proposed:*", count=1000))
+        for master in cluster.masters
+    ]
+    print(f"proposer --once over {SYMBOLS} symbols on the cluster: {took:.1f}s; shadow hashes per master {per_master}")
+    assert sum(per_master) == SYMBOLS and all(n > SYMBOLS // 5 for n in per_master), per_master
+    entries = stream_entries(as_redis(client), PROPOSALS)
+    per_symbol = Counter(e["symbol"] for e in entries)
+    assert len(entries) == SYMBOLS and set(per_symbol) == {f"S{i}" for i in range(SYMBOLS)}
+    assert set(per_symbol.values()) == {1}
+    s1 = text_hash(client, "quantum:allocation:target:proposed:S1")
+    assert (s1["reason"], s1["multiplier"], s1["proposed_target"]) == ("ok", "1.4000", "141.40")
+    s0 = text_hash(client, "quantum:allocation:target:proposed:S0")
+    assert (s0["reason"], s0["multiplier"], s0["proposed_target"]) == ("missing_eff", "1.0000", "100.00")
+    assert 0 < client.ttl("quantum:allocation:target:proposed:S9999") <= 600
+    assert client.hgetall("quantum:allocation:target:S5") == {b"target_usd": b"105"}  # the live hash untouched
+    client.close()
+
+
+# --- a master failover under load -----------------------------------------------------------------------------------
+
+
+def test_a_master_failover_under_load_gives_no_second_permit_and_loses_no_outcome(
+    cluster: RedisCluster, tmp_path: Path
+) -> None:
+    client = cluster.client()
+    master = cluster.masters[0]
+    with ExitStack() as stack:
+        governors = start_governors(
+            stack, cluster, tmp_path, 3, {"GOV_MIN_REPLICAS": MIN_REPLICAS, "GOV_CLAIM_IDLE_MS": "5000"}
+        )
+        producer = ClusterPlanProducer("127.0.0.1", master.port, symbols=40, seed=14, pause=1 / PLANS_PER_SEC)
+        poller = PermitPoller(cluster.client(), lambda: producer.published)
+        stack.callback(poller.stop)
+        producer.start()
+        poller.start()
+        time.sleep(3.0)
+        assert poller.first_seen, "no permit before the failover: the test would prove nothing"
+
+        victim = cluster.master_of(PLANS)
+        events_on_victim = cluster.master_of(EVENTS) is victim
+        killed_at = time.time()
+        cluster.kill_master(cluster.masters.index(victim))
+        failover_sec = cluster.wait_for_failover(timeout=30)
+        promoted_at = time.time()
+        time.sleep(1.0)  # plans keep flowing to the new master, which has no replica yet
+        cluster.restart(victim)
+        rejoined_at = time.time()
+        time.sleep(3.0)
+        producer.stop()
+        wait_settled(client, governors, timeout=45)
+        time.sleep(0.3)  # the last permits' observation
+        poller.stop()
+        all_running = all(g.running for g in governors)
+        logs = "\n".join(g.log()[-1500:] for g in governors)
+
+    published = stream_plan_set(as_redis(client))
+    plan_ids = sorted({plan_id for plan_id in published.entries.values() if plan_id})
+    poller.final_pass([p.plan_id for p in producer.published if p.plan_id])
+    in_stream = set(published.entries)
+    lost_xadds = [entry for entry in producer.client.accepted if entry not in in_stream]
+    vanished = poller.vanished - poller.rewritten
+    created = sorted(poller.created_at().values())
+    after_promotion = [t for t in created if t > promoted_at]
+    resume_after_promotion = after_promotion[0] - promoted_at if after_promotion else float("inf")
+    around = [t for t in created if killed_at - 1 <= t]
+    outage = max((b - a for a, b in itertools.pairwise(around)), default=float("inf"))
+    problems, kinds = outcome_violations(as_redis(client), published)
+    print(
+        f"failover under load ({PLANS_PER_SEC} plans/s, 3 governors, GOV_MIN_REPLICAS={MIN_REPLICAS}): "
+        f"master {victim.port} holding the plan stream SIGKILLed (events stream there too: {events_on_victim}); "
+        f"replica promoted and cluster ok after {failover_sec:.2f}s; old master rejoined as a replica "
+        f"{rejoined_at - promoted_at:.2f}s after the promotion; permits resumed "
+        f"{resume_after_promotion:.2f}s after the promotion; longest time without a new permit {outage:.2f}s"
+    )
+    print(
+        f"failover: {len(producer.published)} plans published ({producer.client.refused} refused sends retried), "
+        f"{len(published.entries)} entries in the stream, {len(plan_ids)} plan_ids; lost: {len(lost_xadds)} "
+        f"acknowledged XADDs, {len(vanished)} permits seen then gone, {len(poller.rewritten)} rewritten byte for "
+        f"byte; double permits {poller.double_permits}; outcomes {dict(kinds)}; poller rounds {poller.rounds}, "
+        f"errors {poller.errors}; problems {problems}"
+    )
+    assert all_running, logs
+    assert poller.double_permits == 0, poller.doubles
+    assert problems == [], problems
+    assert kinds["permit"] > 0 and after_promotion, "permits never resumed after the promotion"
+    assert len(producer.published) > PLANS_PER_SEC * 5  # load all along (liveness only)
+    assert cluster.replica_of(cluster.master_of(PLANS)) is victim
+    client.close()
