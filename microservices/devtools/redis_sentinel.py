@@ -93,7 +93,8 @@ class SentinelTopology:
     three sentinels, every one a real process on a free loopback port; :meth:`close` leaves none of them, nor their
     directories.
 
-    ``extra_args`` go to the master and the replicas alike (a replica may become master)."""
+    ``extra_args`` go to the master and the replicas alike (a replica may become master). With ``proxied=False`` the
+    master is reached directly, as in production (a benchmark's latencies without the proxy's), and cannot be held."""
 
     def __init__(
         self,
@@ -102,8 +103,10 @@ class SentinelTopology:
         master_name: str = MASTER_NAME,
         down_after_ms: int = DOWN_AFTER_MS,
         failover_timeout_ms: int = FAILOVER_TIMEOUT_MS,
+        proxied: bool = True,
     ) -> None:
         self.master_name = master_name
+        self.proxied = proxied
         # no 5 s wait for more replicas before a diskless full sync (Redis 7's default): they come up in a moment
         self._extra_args = ["--repl-diskless-sync-delay", "0", *extra_args]
         self._timeouts = (down_after_ms, failover_timeout_ms)
@@ -121,15 +124,18 @@ class SentinelTopology:
 
     def start(self) -> Self:
         self.master.start()
-        self.proxy = LatencyProxy(self.master.port).start()
-        replica_args = ["--replicaof", "127.0.0.1", str(self.proxy.port), "--replica-announce-ip", "127.0.0.1"]
+        master_port = self.master.port
+        if self.proxied:
+            self.proxy = LatencyProxy(self.master.port).start()
+            master_port = self.proxy.port
+        replica_args = ["--replicaof", "127.0.0.1", str(master_port), "--replica-announce-ip", "127.0.0.1"]
         for _ in range(2):
             self.replicas.append(RedisServer([*self._extra_args, *replica_args]))
             self.replicas[-1].start()
         down_after_ms, failover_timeout_ms = self._timeouts
         for _ in range(3):
             sentinel = RedisSentinel(
-                self.proxy.port, self.master_name, down_after_ms=down_after_ms, failover_timeout_ms=failover_timeout_ms
+                master_port, self.master_name, down_after_ms=down_after_ms, failover_timeout_ms=failover_timeout_ms
             )
             self.sentinels.append(sentinel)
             sentinel.start()
@@ -238,7 +244,7 @@ class SentinelTopology:
         :meth:`release_replication`; a master killed meanwhile takes it with it. The replicas still acknowledge what
         they had, so ``WAIT`` times out."""
         if self.proxy is None or not self.master.running:
-            raise RuntimeError("only the first master, behind its proxy, can be held back")
+            raise RuntimeError("only the first master of a proxied topology can be held back")
         with self.master.client(decode_responses=True) as client:
             links: list[dict[str, str]] = client.client_list(_type="replica")
         ports = {int(link["addr"].rsplit(":", 1)[1]) for link in links}

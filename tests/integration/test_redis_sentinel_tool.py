@@ -1,14 +1,18 @@
 """The Sentinel topology of the devtools (issue 14): real processes that come up knowing each other, fail over within
-seconds of a SIGKILL of the master, lose held writes when told to and nothing otherwise, and leave nothing behind."""
+seconds of a SIGKILL of the master, lose held writes when told to and nothing otherwise, and leave nothing behind; and
+the proxy's hold that makes it lose them."""
 
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
 import redis
 
+from microservices.devtools.latency_proxy import LatencyProxy
 from microservices.devtools.redis_sentinel import SentinelTopology
+from tests.integration.test_chaos_tools import EchoServer
 
 pytestmark = pytest.mark.topology
 
@@ -74,3 +78,41 @@ def test_writes_made_while_replication_is_held_are_lost_by_the_failover() -> Non
         with topology.client(failover.address) as new_master:
             assert new_master.mget([f"before{i}" for i in range(50)]) == [str(i).encode() for i in range(50)]
             assert new_master.mget([f"held{i}" for i in range(50)]) == [None] * 50
+
+
+def test_without_the_proxy_the_sentinels_name_the_masters_own_port_and_nothing_can_be_held() -> None:
+    with SentinelTopology(proxied=False) as topology:
+        assert topology.proxy is None
+        assert topology.master_address() == ("127.0.0.1", topology.master.port)
+        with topology.master_client() as master:
+            master.set("k", "v")
+        assert topology.sync_replicas() == 2
+        with pytest.raises(RuntimeError, match="held back"):
+            topology.hold_replication()
+
+
+def test_the_proxy_keeps_held_bytes_until_released_and_drops_them_when_closed() -> None:
+    echo = EchoServer()
+    proxy = LatencyProxy(echo.port).start()
+    try:
+        with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
+            sock.settimeout(0.3)
+            sock.sendall(b"before")
+            assert sock.recv(100) == b"before"
+            (link,) = proxy._links
+            assert proxy.hold({link.upstream_local_port + 1}) == 0  # another connection's port: nothing held
+            assert proxy.hold({link.upstream_local_port}) == 1
+            sock.sendall(b"held")  # reaches the echo server, whose answer stays in the proxy
+            with pytest.raises(TimeoutError):
+                sock.recv(100)
+            proxy.release()
+            assert sock.recv(100) == b"held"
+            proxy.hold({link.upstream_local_port})
+            sock.sendall(b"dropped")
+            with pytest.raises(TimeoutError):
+                sock.recv(100)
+            proxy.close()
+            assert sock.recv(100) == b""  # closed, and what was held never came
+    finally:
+        proxy.close()
+        echo.close()
