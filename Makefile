@@ -36,6 +36,12 @@ bench: $(INSTALLED)
 bench-governor: $(INSTALLED)
 	$(BIN)/python scripts/bench_governor.py
 
+# The governor's burst with 1-3 replicas and the proposer loop, on one Redis and on a three-master cluster, and what
+# GOV_MIN_REPLICAS=1 adds to a permit's latency: ratios from one run (issue 14), about 4 minutes.
+.PHONY: bench-topologies
+bench-topologies: $(INSTALLED)
+	$(BIN)/python scripts/bench_topologies.py
+
 soak: $(INSTALLED)
 	$(BIN)/python scripts/soak.py
 
