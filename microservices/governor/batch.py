@@ -4,11 +4,13 @@ each plan is decided in order, and which writes record each outcome (SPEC §3).
 :class:`BatchIO` does the batch's Redis I/O; every decision is :func:`~microservices.governor.decision.decide`'s.
 The :class:`~microservices.governor.consumer.Governor` drives it: ``WATCH`` (:meth:`BatchIO.watched_keys`), one
 pipelined read (:meth:`BatchIO.read`), the decisions (:meth:`BatchIO.decide`), then the writes
-(:meth:`BatchIO.queue_records`, and the ``XACK``) in one ``MULTI``/``EXEC``.
+(:meth:`BatchIO.queue_records`, and the ``XACK``) in one ``MULTI``/``EXEC``; under a cluster each symbol's gate first,
+by compare-and-set (:func:`gate_updates`, :meth:`BatchIO.compare_and_set_gates`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -16,6 +18,7 @@ from typing import Any, cast
 
 from redis.client import Pipeline
 from redis.cluster import ClusterPipeline
+from redis.exceptions import NoScriptError
 
 from microservices.core.efficiency import EfficiencyPolicy, EfficiencyReading
 from microservices.core.efficiency_reads import efficiency_readings, queue_efficiency_read
@@ -67,6 +70,8 @@ class Delivery:
 
 #: A delivery and what parsing made of it.
 Parsed = tuple[Delivery, Plan | InvalidPlan]
+#: What :meth:`BatchIO.read` found for a plan: its marker, whether its permit exists, its gate and the gate's value.
+_Found = tuple[OutcomeMarker | None, bool, GateState | None, bytes | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +85,8 @@ class PlanReads:
     gate: GateState | None = None
     #: The entry was acknowledged since it was delivered here: another consumer holding it too decided it.
     acknowledged: bool = False
+    #: The gate key's value as read (None: no key, or a key of another type): what a compare-and-set expects.
+    gate_raw: bytes | None = None
 
     def redelivered(self, entry_id: str) -> str | None:
         """Why this very entry counts as decided already (a re-delivery after its outcome was written, or an entry
@@ -112,6 +119,17 @@ class Decided:
     prior: OutcomeMarker | None = None
     #: The plan_id was permitted before (in Redis, or earlier in this batch): its marker says so and stays.
     permitted_before: bool = False
+    #: The value of its symbol's gate key this batch's decisions of that symbol were made from (None: no key).
+    gate_read: bytes | None = None
+
+    @property
+    def gate_symbol(self) -> str | None:
+        """The symbol whose gate this outcome was decided by, if any: a written outcome of a non-reducing EXECUTE
+        plan (its gate was read for it, and a stale gate makes its decision stale)."""
+        plan = self.plan
+        if self.outcome.event is None or not isinstance(plan, Plan) or not _uses_gate(plan):
+            return None
+        return plan.symbol
 
     @property
     def writes_marker(self) -> bool:
@@ -131,6 +149,49 @@ class Decided:
 
 def gate_key(symbol: str) -> str:
     return GATE_KEY_PREFIX + symbol
+
+
+@dataclass(frozen=True, slots=True)
+class GateUpdate:
+    """One symbol's gate after a batch's permits: set to ``state`` only if the key still holds ``expected``, the
+    value its decisions were made from (None: no key, or a key of another type)."""
+
+    symbol: str
+    expected: bytes | None
+    state: GateState
+    #: The last permit of the symbol in the batch, which the gate names.
+    plan_id: str
+
+
+def gate_updates(decided: Sequence[Decided]) -> list[GateUpdate]:
+    """One update per symbol whose gate the batch's permits changed: the gate after its last permit, expecting the
+    value the batch read. The plans are decided in order, each from the gate the previous ones leave, so the last
+    permit's gate holds every earlier one of the batch."""
+    last: dict[str, Decided] = {}
+    for item in decided:
+        if item.outcome.event is Event.PERMIT and item.outcome.gate_after is not None:
+            last[item.plan.symbol] = item
+    return [
+        GateUpdate(symbol, item.gate_read, cast(GateState, item.outcome.gate_after), item.plan.plan_id)
+        for symbol, item in last.items()
+    ]
+
+
+#: Compare-and-set of one gate key (SPEC §9 "Cluster"): KEYS[1] the gate; ARGV[1] "1" if a value is expected, "0" if
+#: none (no key, or a key of another type, which the governor reads as absent); ARGV[2] the expected value; ARGV[3]
+#: the new value; ARGV[4] its TTL, seconds. Returns 1 when set, 0 when the key no longer holds what was read.
+GATE_CAS_SCRIPT = """
+local current = redis.pcall('GET', KEYS[1])
+if type(current) == 'table' then current = false end
+if ARGV[1] == '1' then
+  if current ~= ARGV[2] then return 0 end
+elseif current then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[3], 'EX', ARGV[4])
+return 1
+"""
+GATE_CAS_SHA = hashlib.sha1(GATE_CAS_SCRIPT.encode()).hexdigest()  # the script's name in Redis
 
 
 def _uses_gate(plan: Plan) -> bool:
@@ -204,13 +265,13 @@ class BatchIO:
             command("EXISTS", *[permit_key(plan.plan_id) for plan in plans])
         replies = iter(pipe.execute(raise_on_error=False))
         kill = self._kill_switch(next(replies))
-        found: list[tuple[OutcomeMarker | None, bool, GateState | None]] = []
+        found: list[_Found] = []
         eff_at: list[int] = []
         eff_symbols: list[bytes] = []
         eff_replies: list[object] = []
         for _, plan in parsed:
             if not isinstance(plan, Plan):
-                found.append((OutcomeMarker.parse(_string(next(replies))), False, None))
+                found.append((OutcomeMarker.parse(_string(next(replies))), False, None, None))
                 continue
             width = 3 if _uses_gate(plan) else 2
             if self._transactional:
@@ -224,18 +285,17 @@ class BatchIO:
                 eff_symbols.append(plan.symbol.encode())
                 eff_replies.append(next(replies))
             permit_exists = permit_raw is not None if self._transactional else bool(_ok(permit_raw))
-            found.append((OutcomeMarker.parse(_string(marker_raw)), permit_exists, gate))
+            raw_gate = _string(values[2]) if width == 3 else None
+            found.append((OutcomeMarker.parse(_string(marker_raw)), permit_exists, gate, raw_gate))
         if self._transactional and plans and cast(int, _ok(next(replies))) > sum(f[1] for f in found):
             found = self._permits_of_any_type(parsed, found)
         readings: list[EfficiencyReading | None] = [None] * len(found)
         classified = efficiency_readings(self._client, eff_symbols, eff_replies, now, self._efficiency)
         for i, reading in zip(eff_at, classified, strict=True):
             readings[i] = reading
-        return kill, [PlanReads(m, p, r, g) for (m, p, g), r in zip(found, readings, strict=True)]
+        return kill, [PlanReads(m, p, r, g, gate_raw=raw) for (m, p, g, raw), r in zip(found, readings, strict=True)]
 
-    def _permits_of_any_type(
-        self, parsed: Sequence[Parsed], found: list[tuple[OutcomeMarker | None, bool, GateState | None]]
-    ) -> list[tuple[OutcomeMarker | None, bool, GateState | None]]:
+    def _permits_of_any_type(self, parsed: Sequence[Parsed], found: list[_Found]) -> list[_Found]:
         """Some permit key MGET read as absent exists: find which, one EXISTS each (rare: a key of another type)."""
         unknown = [i for i, (_, plan) in enumerate(parsed) if isinstance(plan, Plan) and not found[i][1]]
         pipe = self._client.pipeline(transaction=False)
@@ -243,8 +303,8 @@ class BatchIO:
             pipe.exists(permit_key(cast(Plan, parsed[i][1]).plan_id))
         for i, exists in zip(unknown, pipe.execute(), strict=True):
             if exists:
-                marker, _, gate = found[i]
-                found[i] = (marker, True, gate)
+                marker, _, gate, raw = found[i]
+                found[i] = (marker, True, gate, raw)
         return found
 
     def settle_shared_entries(
@@ -309,6 +369,7 @@ class BatchIO:
         """Decide the batch's plans in order, each seeing the gate state the plans before it leave, and a plan_id
         permitted earlier in the batch as permitted."""
         gates: dict[str, GateState] = {}
+        gates_read: dict[str, bytes | None] = {}
         permitted_in_batch: dict[str, str] = {}
         decided: list[Decided] = []
         for (delivery, plan), read in zip(parsed, reads, strict=True):
@@ -316,8 +377,8 @@ class BatchIO:
                 facts = Facts(now, delivery.deliveries, redelivered=read.redelivered(delivery.entry_id))
                 decided.append(Decided(delivery, plan, decide(plan, facts, self._policy), read.marker))
                 continue
-            if read.gate is not None:
-                gates.setdefault(plan.symbol, read.gate)
+            if read.gate is not None and plan.symbol not in gates:
+                gates[plan.symbol], gates_read[plan.symbol] = read.gate, read.gate_raw
             facts = Facts(
                 now=now,
                 deliveries=delivery.deliveries,
@@ -333,7 +394,7 @@ class BatchIO:
             permitted_before = read.permitted is not None or plan.plan_id in permitted_in_batch
             if outcome.event is Event.PERMIT:
                 permitted_in_batch[plan.plan_id] = f"permitted earlier in this batch (entry {delivery.entry_id})"
-            decided.append(Decided(delivery, plan, outcome, read.marker, permitted_before))
+            decided.append(Decided(delivery, plan, outcome, read.marker, permitted_before, gates_read.get(plan.symbol)))
         return decided
 
     def dead_letter_stream_type_if_unusable(self) -> str | None:
@@ -343,6 +404,30 @@ class BatchIO:
         return None if kind in ("stream", "none") else kind
 
     # --- writing ----------------------------------------------------------------------------------------------------
+
+    def compare_and_set_gates(self, updates: Sequence[GateUpdate]) -> list[bool | Exception]:
+        """Under a cluster, before any permit of their symbols: set each symbol's gate only if it still holds what
+        the batch read (one script on its one key: atomic), in one pipelined round trip. Per update: True when set,
+        False when another writer changed the gate since (the symbol's plans are decided again), or the error."""
+        args = [self._gate_cas_args(update) for update in updates]
+        pipe = self._client.pipeline(transaction=False)
+        for arg in args:
+            cast(Callable[..., object], pipe.execute_command)("EVALSHA", GATE_CAS_SHA, 1, *arg)
+        results: list[object] = list(pipe.execute(raise_on_error=False)) if args else []
+        unknown = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+        if unknown:  # a node that has not cached the script yet (new, restarted, or flushed): EVAL loads it
+            pipe = self._client.pipeline(transaction=False)
+            for i in unknown:
+                cast(Callable[..., object], pipe.execute_command)("EVAL", GATE_CAS_SCRIPT, 1, *args[i])
+            for i, result in zip(unknown, pipe.execute(raise_on_error=False), strict=True):
+                results[i] = result
+        return [result if isinstance(result, Exception) else result == 1 for result in results]
+
+    def _gate_cas_args(self, update: GateUpdate) -> tuple[str | bytes | int, ...]:
+        expected = update.expected
+        value = update.state.encode(update.plan_id)
+        ttl = update.state.ttl_sec(self._policy.gate)
+        return gate_key(update.symbol), "0" if expected is None else "1", expected or b"", value, ttl
 
     def permit_write(self, item: Decided, now: float) -> PermitWrite | None:
         """``item``'s permit as it is to be written, built once (``GOV_MIN_REPLICAS`` > 0 writes it later, after
@@ -364,13 +449,15 @@ class BatchIO:
         primary: bool,
         secondary: bool,
         permit: bool = True,
+        gate: bool = True,
         keys: set[str] | None = None,
     ) -> list[str]:
         """Queue the writes that record ``item``'s outcome and return the kind of each command. The *primary*
         records are the outcome itself (permit and gate, block record, dead-letter entry); the *secondary* ones say
         it was decided (outcome marker, event). A single Redis queues both in one transaction; a cluster writes the
         secondary ones only once the primary ones succeeded. Without ``permit`` the permit key is left out (it is
-        written once the decisions are confirmed by replicas); ``keys`` collects the keys written."""
+        written once the decisions are confirmed by replicas), without ``gate`` the gate key (a cluster sets it by
+        compare-and-set first: :meth:`compare_and_set_gates`); ``keys`` collects the keys written."""
         plan, outcome, s = item.plan, item.outcome, self._settings
         event = outcome.event
         kinds: list[str] = []
@@ -386,10 +473,10 @@ class BatchIO:
                     value = permit_json(plan, outcome, now)
                     command("SET", permit_key(plan.plan_id), value, "NX", "EX", s.permit_ttl_sec)
                     kinds.append(PERMIT)
-                gate = outcome.gate_after
-                if gate is not None:
+                after = outcome.gate_after
+                if gate and after is not None:
                     command(
-                        "SET", gate_key(plan.symbol), gate.encode(plan.plan_id), "EX", gate.ttl_sec(self._policy.gate)
+                        "SET", gate_key(plan.symbol), after.encode(plan.plan_id), "EX", after.ttl_sec(self._policy.gate)
                     )
                     kinds.append(GATE)
             elif event is Event.BLOCK and isinstance(plan, Plan):

@@ -14,8 +14,13 @@ The delivery guarantee rests on three things:
   event is added. An entry whose outcome this consumer wrote without learning it (the connection died during
   ``EXEC``) is counted in the metrics when it comes back.
 
-Under Redis Cluster a transaction cannot span slots: each outcome's own records are written first, its marker and
-event only once they succeeded, and the ``XACK`` last; the permit's ``SET NX`` keeps the permit unique.
+Under Redis Cluster a transaction cannot span slots: each symbol's gate is set first by a compare-and-set on its one
+key (so replicas never pass one symbol's cooldown together: the one that finds the gate changed decides that
+symbol's plans again), then each outcome's own records, its marker and event only once they succeeded, and the
+``XACK`` last; the permit's ``SET NX`` keeps the permit unique.
+
+With ``GOV_MIN_REPLICAS`` > 0 a batch's permits are written only once replicas confirm its decisions
+(:mod:`microservices.governor.replication`); meanwhile no new plan is decided.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from redis.exceptions import ResponseError, WatchError
 from microservices.core.http_server import HealthState
 from microservices.core.logs import LogThrottle
 from microservices.core.redis_client import REDIS_ERRORS, RedisClient
-from microservices.governor.batch import PERMIT, BatchIO, Decided, Delivery, Parsed
+from microservices.governor.batch import PERMIT, BatchIO, Decided, Delivery, Parsed, gate_key, gate_updates
 from microservices.governor.decision import Event, Outcome, Reason
 from microservices.governor.metrics import BatchTally, GovernorMetrics
 from microservices.governor.plan import entry_time
@@ -373,10 +378,13 @@ class Governor:
                     self._dead_letter_undecidable(item, exc)
 
     def _process_parsed(self, parsed: Sequence[Parsed]) -> None:
+        """Decide and write a batch; the plans another writer's change made stale are decided again: all of them
+        after a WATCH conflict (single Redis), those of the symbols whose gate changed since it was read under a
+        cluster (:meth:`_write_in_cluster`)."""
         self._require_released()
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
-                decided, finished = self._decide_and_write(parsed)
+                decided, finished, again = self._decide_and_write(parsed)
             except WatchError as exc:
                 if str(exc) != WATCH_CONFLICT:  # the connection died while watching: EXEC may or may not have run
                     raise redis.ConnectionError(str(exc)) from exc
@@ -384,15 +392,23 @@ class Governor:
                 log.debug("batch of %d plans: a watched key changed, deciding again (attempt %d)", len(parsed), attempt)
                 continue
             self._account(decided, finished)
-            self._release_held()
-            return
+            if not again:
+                self._release_held()
+                return
+            self._metrics.conflicts.inc()
+            log.debug("batch of %d plans: a symbol's gate changed since it was read, deciding its %d plan(s) again "
+                      "(attempt %d)", len(parsed), len(again), attempt)  # fmt: skip
+            stale = {item.delivery.entry_id for item in again}
+            parsed = [item for item in parsed if item[0].entry_id in stale]
         self._pending_left_behind = True
         if self._pending_cursor is None:
             self._pending_cursor = FIRST_ID
         log.warning("batch of %d plans left pending: other writers changed its keys %d times in a row", len(parsed),
                     MAX_ATTEMPTS)  # fmt: skip
 
-    def _decide_and_write(self, parsed: Sequence[Parsed]) -> tuple[list[Decided], float]:
+    def _decide_and_write(self, parsed: Sequence[Parsed]) -> tuple[list[Decided], float, list[Decided]]:
+        """The outcomes written and acknowledged, when that ended, and those decided from a gate that changed
+        since it was read (under a cluster), not written, to be decided again."""
         tx: Pipeline | None = None
         if self._transactional:
             tx = cast(Pipeline, self._client.pipeline(transaction=True))
@@ -403,20 +419,22 @@ class Governor:
             if tx is not None:
                 reads = self._io.settle_shared_entries(parsed, reads, tx.watch)
             decided = self._hold_unwritable_dead_letters(self._io.decide(parsed, kill, reads, now))
-            acked = self._write(decided, now, tx)
+            acked, again = self._write(decided, now, tx)
         except BaseException:
             if tx is not None:
                 _abandon(tx)
             raise
         if tx is not None:
             tx.reset()
-        return acked, self._clock()
+        return acked, self._clock(), again
 
-    def _write(self, decided: Sequence[Decided], now: float, tx: Pipeline | None) -> list[Decided]:
-        """Record the outcomes and acknowledge their entries; returns those acknowledged. On a single Redis one
-        ``MULTI``/``EXEC`` (``tx``, already watching, or a fresh one) holds it all; a failed command inside it is
-        reported and the rest stands. Under a cluster: the outcomes' own records, then the markers and events of
-        those that succeeded, then the ``XACK`` of those; a plan whose writes failed stays pending."""
+    def _write(
+        self, decided: Sequence[Decided], now: float, tx: Pipeline | None
+    ) -> tuple[list[Decided], list[Decided]]:
+        """Record the outcomes and acknowledge their entries; returns those acknowledged, and those to decide again.
+        On a single Redis one ``MULTI``/``EXEC`` (``tx``, already watching, or a fresh one) holds it all, the
+        symbols' gates included (watched: a gate changed since it was read makes EXEC do nothing); a failed command
+        inside it is reported and the rest stands. Under a cluster: :meth:`_write_in_cluster`."""
         if self._transactional:
             pipe = tx if tx is not None else cast(Pipeline, self._client.pipeline(transaction=True))
             pipe.multi()
@@ -443,7 +461,7 @@ class Governor:
             self._unconfirmed, self._unconfirmed_permits = [], ()
             self._hold(permits, frozenset())
             self._report_failed_writes(kinds, replies)
-            return list(decided)
+            return list(decided), []
         return self._write_in_cluster(decided, now)
 
     def _count_unconfirmed_write(self) -> None:
@@ -471,19 +489,28 @@ class Governor:
             self._account(batch, self._clock())
             self._hold(permits, frozenset())
 
-    def _write_in_cluster(self, decided: Sequence[Decided], now: float) -> list[Decided]:
+    def _write_in_cluster(self, decided: Sequence[Decided], now: float) -> tuple[list[Decided], list[Decided]]:
+        """Under a cluster, where one transaction cannot span the batch's slots: first each symbol's gate, by a
+        compare-and-set on its one key, before any permit of that symbol (so two replicas never both pass one
+        symbol's cooldown: the second finds the gate changed); then the outcomes' own records, then the markers and
+        events of those that succeeded, then the ``XACK`` of those. The plans of a symbol whose gate changed since
+        it was read are not written: returned, to be decided again from the gate as it is now. A plan whose writes
+        failed stays pending."""
         failed: set[int] = set()
         taken: set[int] = set()  # a permit SET NX found in place: another writer decided the plan first
         replicated = self._replicas is not None
         keys: set[str] | None = {self._stream} if replicated else None  # where the batch's decisions went
+        stale_symbols = self._set_gates(decided, failed, keys)
+        stale = {i for i, item in enumerate(decided) if item.gate_symbol in stale_symbols}
         for primary in (True, False):
             pipe = self._client.pipeline(transaction=False)
             kinds: list[tuple[str, int]] = []
             for i, item in enumerate(decided):
-                if i not in failed and i not in taken:
+                if i not in failed and i not in taken and i not in stale:
                     queued = self._io.queue_records(
-                        pipe, item, now, primary=primary, secondary=not primary, permit=not replicated, keys=keys
-                    )
+                        pipe, item, now, primary=primary, secondary=not primary, permit=not replicated, gate=False,
+                        keys=keys,
+                    )  # fmt: skip
                     kinds += [(kind, i) for kind in queued]
             results = pipe.execute(raise_on_error=False) if kinds else []
             for (kind, i), result in zip(kinds, results, strict=True):
@@ -492,7 +519,7 @@ class Governor:
                 elif kind == PERMIT and not result:
                     taken.add(i)
             self._report_failed_writes([(kind, decided[i]) for kind, i in kinds], results)
-        acked = [item for i, item in enumerate(decided) if i not in failed]
+        acked = [item for i, item in enumerate(decided) if i not in failed and i not in stale]
         if acked:
             acks = self._client.pipeline(transaction=False)
             acks.xack(self._stream, self._group, *[d.delivery.entry_id for d in acked])
@@ -500,7 +527,24 @@ class Governor:
             self._hold(self._permit_writes(acked, now), frozenset(keys or ()))
         if failed:
             raise redis.RedisError(f"{len(failed)} plan(s) left pending: their outcome could not be written")
-        return acked
+        return acked, [decided[i] for i in sorted(stale)]
+
+    def _set_gates(self, decided: Sequence[Decided], failed: set[int], keys: set[str] | None) -> set[str]:
+        """Compare-and-set the gate of each symbol the batch permitted; the symbols whose gate another writer changed
+        since it was read. A symbol whose gate could not be written has its plans added to ``failed``."""
+        updates = gate_updates(decided)
+        if not updates:
+            return set()
+        results = self._io.compare_and_set_gates(updates)
+        if keys is not None:
+            keys.update(gate_key(update.symbol) for update in updates)
+        errors = {u.symbol: r for u, r in zip(updates, results, strict=True) if isinstance(r, Exception)}
+        if errors:
+            failed.update(i for i, item in enumerate(decided) if item.gate_symbol in errors)
+            self._metrics.redis_errors.inc(len(errors))
+            shown = "; ".join(f"gate of {symbol}: {error}" for symbol, error in list(errors.items())[:5])
+            log.error("%d gate write(s) of a decided batch failed: %s", len(errors), shown)
+        return {update.symbol for update, result in zip(updates, results, strict=True) if result is False}
 
     # --- writes that survive a failover (GOV_MIN_REPLICAS > 0) -------------------------------------------------
 
@@ -614,7 +658,7 @@ class Governor:
         outcome = Outcome(Event.DEAD_LETTER, Reason.INVALID_PLAN, f"could not be decided: {type(exc).__name__}: {exc}")
         now = self._clock()
         decided = self._hold_unwritable_dead_letters([Decided(delivery, plan, outcome)])
-        self._account(self._write(decided, now, None), self._clock())
+        self._account(self._write(decided, now, None)[0], self._clock())
 
     def _report_failed_writes(self, kinds: Sequence[tuple[str, Decided]], results: Sequence[object]) -> None:
         """Log and count the writes that failed. A permit whose ``SET NX`` wrote nothing (a permit another writer

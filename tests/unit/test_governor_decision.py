@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from microservices.core.efficiency import EfficiencyReading, EffReason
 from microservices.core.settings import load_settings
+from microservices.governor.batch import Decided, Delivery, gate_updates
 from microservices.governor.decision import Event, Facts, KillSwitch, Policy, Reason, decide
 from microservices.governor.downsize import DownsizeParams, EffAction, downsize_hint
 from microservices.governor.gate import EMPTY_GATE, GateLimits, GateState, gate_block, parse_gate
@@ -362,3 +363,26 @@ def test_the_trace_checks_name_the_check_of_every_reason_decide_gives() -> None:
     assert deciding_check(valid, Reason.RATE_LIMIT_HOUR) is CHECKS[-1]
     covered = {reason for check in CHECKS for reason in check.reasons}
     assert covered | {Reason.PERMITTED} == set(Reason)
+
+
+def test_gate_updates_one_per_permitted_symbol_from_its_last_permit_expecting_what_was_read() -> None:
+    """Under a cluster the batch's gate writes are one compare-and-set per symbol: the gate after its last permit,
+    expecting the value its decisions were made from; a symbol with blocks only changes nothing."""
+    p = policy(GOV_SYMBOL_COOLDOWN_SECONDS="0", GOV_MAX_EXEC_PER_5MIN="9", GOV_MAX_EXEC_PER_HOUR="9")
+    now = 1_800_000_000.0
+    read = GateState(now - 100, 0, (now - 100,))
+    items = []
+    for i, (symbol, gate) in enumerate([("A", read), ("A", None), ("B", EMPTY_GATE), ("C", read)]):
+        the_plan = plan(plan_id=f"p{i}", symbol=symbol, action="OPEN_LONG", decision="EXECUTE")
+        state = gate if gate is not None else read.after_permit(now, 0)
+        outcome = decide(the_plan, Facts(now, reading=ok(0.9), gate=state), p)
+        if symbol == "C":  # blocked: no permit, no update
+            outcome = decide(the_plan, Facts(now, kill_switch=KillSwitch.ALL), p)
+        raw = None if symbol == "B" else b"as read"
+        items.append(Decided(Delivery(f"{i}-0", {}), the_plan, outcome, gate_read=raw))
+
+    updates = gate_updates(items)
+
+    assert [(u.symbol, u.expected, u.plan_id) for u in updates] == [("A", b"as read", "p1"), ("B", None, "p2")]
+    assert updates[0].state == items[1].outcome.gate_after
+    assert [item.gate_symbol for item in items] == ["A", "A", "B", "C"]
