@@ -16,11 +16,13 @@ from typing import Any, cast
 import pytest
 import redis
 
+from microservices.devtools.redis_cluster import RedisCluster
 from microservices.devtools.redis_server import RedisServer
 from tests.daemons import Daemon, daemon_env, run_once
 from tests.redis_util import hset_text, stream_entries
 
 MODULE = "microservices.governor"
+GATE = "quantum:governor:gate:"
 PLANS = "quantum:stream:apply.plan"
 EVENTS = "quantum:stream:governor.events"
 PERMIT = "quantum:permit:"
@@ -182,3 +184,55 @@ def test_sigterm_while_permits_are_held_exits_0_and_names_them(
             assert "plan_ids d1 d2" in daemon.log()
         assert m.keys(PERMIT + "*") == []
         assert {e["event"] for e in events_by_plan(m).values()} == {"permit"}  # the decisions stand
+
+
+def symbols_on_every_master(cluster: RedisCluster) -> list[str]:
+    """A few symbols whose gate keys land on every master: the batch's decisions then go to all of them."""
+    chosen: dict[int, str] = {}
+    for i in range(1000):
+        symbol = f"X{i}"
+        chosen.setdefault(cluster.master_of(GATE + symbol).port, symbol)
+        if len(chosen) == len(cluster.masters):
+            return list(chosen.values())
+    raise AssertionError("no symbols spread over every master")
+
+
+@pytest.mark.topology
+def test_on_a_cluster_every_master_that_took_the_batch_confirms_it(tmp_path: Path) -> None:
+    """Three masters with a replica each: each master that took a batch's decisions is asked (a probe key in its own
+    slots, then WAIT); one replica that stops acknowledging holds the permits of a batch that wrote to its master,
+    until it is back."""
+    with RedisCluster() as cluster:
+        c = cluster.client()
+        eff = {"efficiency_score": "0.9", "confidence": "0.9", "ts": str(time.time() - 10)}
+        symbols = symbols_on_every_master(cluster)
+        for symbol in symbols:
+            c.hset("quantum:capital:efficiency:" + symbol, mapping=cast(Any, eff))
+        env = {"REDIS_CLUSTER": "1", **REPLICATED}
+        for symbol in symbols:
+            c.xadd(PLANS, cast(Any, {"plan_id": "e" + symbol, "symbol": symbol, "action": "OPEN_LONG",
+                                     "decision": "EXECUTE"}))  # fmt: skip
+
+        result = run_once(MODULE, cluster.url, env)
+
+        assert result.returncode == 0, result.stderr
+        assert all(c.exists(PERMIT + "e" + symbol) for symbol in symbols)
+        assert all(wait_calls(master.client()) >= 1 for master in cluster.masters)
+
+        master = cluster.master_of(GATE + symbols[0])
+        replica = cluster.replica_of(master)
+        assert replica is not None
+        # a symbol of its own whose gate, a decision of the next batch, is on that master
+        other = next(f"Y{i}" for i in range(1000) if cluster.master_of(f"{GATE}Y{i}").port == master.port)
+        c.hset("quantum:capital:efficiency:" + other, mapping=cast(Any, eff))
+        with contextlib.closing(Daemon(MODULE, daemon_env(cluster.url, env), tmp_path / "gov.log")) as daemon:
+            daemon.wait_for(lambda: daemon.get("/healthz")[0] == 200, what="healthy")
+            with replica_stopped(replica) as resume:
+                fields = {"plan_id": "f1", "symbol": other, "action": "OPEN_LONG", "decision": "EXECUTE"}
+                c.xadd(PLANS, cast(Any, fields))
+                daemon.wait_for(lambda: daemon.metric(UNCONFIRMED) == 1, what="the batch counted unconfirmed")
+                assert not c.exists(PERMIT + "f1")
+                assert daemon.get("/healthz")[0] == 503
+                resume()
+                daemon.wait_for(lambda: c.exists(PERMIT + "f1"), what="the held permit")
+            daemon.wait_for(lambda: daemon.get("/healthz")[0] == 200, what="healthy again")
