@@ -4,8 +4,9 @@ more.
 
 Three measurements, each on throwaway ``redis-server`` processes on loopback (never the machine's own Redis):
 
-1. **Governor burst.** ``--burst`` plans (default 5,000; the mix of :func:`~microservices.devtools.plans.plan_fields`
-   over ``BURST_SYMBOLS`` symbols with fresh efficiency scores: opening and closing plans, some HOLD) are published in
+1. **Governor burst.** ``--burst`` plans (default 20,000, so that a drain lasts seconds, not a fraction of one; the
+   mix of :func:`~microservices.devtools.plans.plan_fields` over ``BURST_SYMBOLS`` symbols with fresh efficiency
+   scores: opening and closing plans, some HOLD; every plan_id unique, so one event each) are published in
    pipelined chunks while 1, 2 or 3 governor replicas (real processes, each its own ``GOV_CONSUMER``, started and
    waiting in their reads beforehand) consume them; the figure is the drain time, from the first XADD to the moment the
    group has every entry acknowledged. On one Redis (:class:`~microservices.devtools.redis_server.RedisServer`) and on
@@ -56,7 +57,7 @@ from microservices.allocation_target.settings import ProposerSettings
 from microservices.core.redis_client import connect
 from microservices.core.settings import load_settings
 from microservices.devtools.daemon_process import DaemonProcess, daemon_env
-from microservices.devtools.plans import GROUP, PLANS, plan_fields, seed_efficiency, settled
+from microservices.devtools.plans import EVENTS, GROUP, PLANS, plan_fields, seed_efficiency, settled
 from microservices.devtools.redis_cluster import RedisCluster
 from microservices.devtools.redis_server import RedisServer
 
@@ -67,6 +68,8 @@ REPLICAS = (1, 2, 3)
 TIMED_LOOPS = 3
 RATE = 200
 DRAIN_TIMEOUT_SEC = 300.0
+#: The governors' GOV_EVENTS_MAXLEN default: the events stream is trimmed to about this many.
+EVENTS_MAXLEN = 10_000
 SINGLE = "one Redis"
 CLUSTER = "cluster 3x2"
 
@@ -165,7 +168,11 @@ def burst_once(topology: Topology, replicas: int, plans: int, logs: Path) -> flo
             if time.monotonic() > deadline or not all(g.running for g in governors):
                 raise RuntimeError(f"{topology.name}, {replicas} governors: no drain; {governors[0].log()[-2000:]}")
             time.sleep(0.01)
-        return time.monotonic() - started
+        drained = time.monotonic() - started
+    events = int(client.xlen(EVENTS))
+    if events < min(plans, EVENTS_MAXLEN) * 0.95:  # every plan has a unique plan_id: one event each, trimmed ~
+        raise RuntimeError(f"{topology.name}, {replicas} governors: {events} events for {plans} plans")
+    return drained
 
 
 def bench_burst(single: Topology, cluster: Topology, plans: int, rounds: int, logs: Path) -> None:
@@ -333,7 +340,7 @@ def parse_sizes(text: str) -> list[int]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="1 round, a 1,000-plan burst, 10,000 symbols, 4 s")
-    parser.add_argument("--burst", type=int, default=5_000, help="plans per governor burst")
+    parser.add_argument("--burst", type=int, default=20_000, help="plans per governor burst")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of the burst and latency measurements")
     parser.add_argument("--sizes", type=parse_sizes, default=[10_000, 100_000], help="proposer sizes, e.g. 10000")
     parser.add_argument("--latency-sec", type=float, default=8.0, help="seconds of plans per latency run")
