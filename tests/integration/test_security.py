@@ -51,7 +51,8 @@ PROPOSER_ACL = (
     "on >pw resetkeys resetchannels -@all "
     "%R~quantum:allocation:target:* %R~quantum:capital:efficiency:* "
     "~quantum:allocation:target:proposed:* ~quantum:stream:allocation.target.proposed "
-    "+ping +client|setname +scan +hget +hmget +exists +eval +hset +expire +xadd"
+    "~quantum:allocation_target:leader "
+    "+ping +client|setname +scan +hget +hmget +exists +eval +hset +expire +xadd +time +get +set +pexpire +pttl +del"
 )
 GOVERNOR_ACL = (
     "on >pw resetkeys resetchannels -@all "
