@@ -33,7 +33,7 @@ from microservices.governor.settings import HEALTH_MAX_AGE_SEC, GovernorSettings
 ALERTS = (
     "P31DaemonDown", "P31ProposerNoSuccessfulLoop", "P31GovernorNoSuccessfulLoop", "P31ProposerFailOpenHigh",
     "P31GovernorFailOpenHigh", "P31GovernorDeadLetter", "P31GovernorPendingGrowing", "P31ProposerLoopSlow",
-    "P31RedisErrors",
+    "P31RedisErrors", "P31NoProposerLeader", "P31GovernorReplicationUnconfirmed",
 )  # fmt: skip
 RUNBOOK = "docs/P3.1_STEP1_STEP2_INTEGRATION.md#{anchor}"
 ANNOTATIONS = {"summary", "description", "runbook"}

@@ -511,7 +511,7 @@ def test_every_metric_named_is_exported(doc: str, exported: dict[str, dict[str, 
 
 def test_every_alert_has_its_runbook_section() -> None:
     alerts = alert_rules()
-    assert len(alerts) == 9  # the nine alerts of the deployment layout
+    assert len(alerts) == 11  # the eleven alerts of the deployment layout
     assert runbook_problems(read(INTEGRATION_DOC), alerts) == []
 
 
