@@ -1,4 +1,5 @@
-"""``p31ctl status``: per symbol, what the proposer would propose now, next to what it last proposed.
+"""``p31ctl status``: which proposer leads (SPEC §9), and per symbol what the proposer would propose now, next to what
+it last proposed.
 
 Symbols are found by the proposer's own discovery
 (:func:`~microservices.allocation_target.proposer.discover_symbols`). The reads are pipelined per batch (live target,
@@ -39,6 +40,39 @@ if TYPE_CHECKING:
     from microservices.ops.cli import Context
 
 SHADOW_FIELDS = ("proposed_target", LAST_UPDATE_FIELD)
+
+
+@dataclass(frozen=True)
+class Leader:
+    """The proposer lease as Redis holds it: the instance id of its holder (None: no proposer leads) and its TTL left
+    in ms (``PTTL``: -1 for a key set without one)."""
+
+    key: str
+    holder: str | None
+    ttl_ms: int | None
+
+    def as_json(self) -> dict[str, Any]:
+        ttl = None if self.ttl_ms is None or self.ttl_ms < 0 else self.ttl_ms / 1000
+        return {"key": self.key, "holder": self.holder, "ttl_sec": ttl}
+
+    def line(self) -> str:
+        if self.holder is None:
+            return f"proposer leader: none (no proposer holds the lease {self.key})"
+        if self.ttl_ms is None or self.ttl_ms < 0:
+            return f"proposer leader: {self.holder} (lease {self.key} has no TTL: it never expires)"
+        return f"proposer leader: {self.holder} (lease {self.key}, {self.ttl_ms / 1000:.1f} s left)"
+
+
+def read_leader(client: RedisClient, key: str) -> Leader:
+    """``GET`` and ``PTTL`` of the lease key, in one round trip (one key: one node of a cluster)."""
+    pipe = client.pipeline(transaction=False)
+    pipe.get(key)
+    pipe.pttl(key)
+    holder, ttl = pipe.execute()
+    if holder is None:
+        return Leader(key, None, None)
+    text = holder.decode("utf-8", "replace") if isinstance(holder, bytes) else str(holder)
+    return Leader(key, text, int(ttl))
 
 
 @dataclass(frozen=True)
@@ -151,10 +185,12 @@ def run_status(ctx: Context) -> int:
             symbols = [s for s in symbols if s in keep]
         now = time.time()
         rows = read_status(client, settings, symbols, now)
+        leader = read_leader(client, settings.lease_key)
     if ctx.json:
         ctx.emit_json(
             {
                 "now": now,
+                "leader": leader.as_json(),
                 "stale_sec": settings.stale_sec,
                 "min_conf": settings.min_conf,
                 "symbols": len(rows),
@@ -163,6 +199,7 @@ def run_status(ctx: Context) -> int:
             }
         )
         return 0
+    ctx.out.write(leader.line() + "\n")
     if not rows and not wanted:
         ctx.out.write("no live allocation targets (quantum:allocation:target:{symbol})\n")
     elif rows:

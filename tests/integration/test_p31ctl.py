@@ -19,7 +19,7 @@ from microservices.devtools.daemon_process import ROOT
 from microservices.devtools.redis_server import RedisServer, free_port
 from microservices.ops.cli import main
 from microservices.ops.report import read_window
-from tests.daemons import daemon_env, run_once
+from tests.daemons import Daemon, daemon_env, run_once
 from tests.redis_util import hset_text, stream_entries, text_hash
 
 P31CTL = Path(sys.executable).parent / "p31ctl"
@@ -345,13 +345,53 @@ def test_status_of_an_unknown_symbol_says_it_has_no_live_target_and_names_the_cl
     """Issue 12: "no live allocation targets" was printed while five existed."""
     seed_symbols(r, time.time())
     result = p31ctl(redis_server.url, "status", "--symbol", "btc")
-    assert (result.returncode, result.stdout) == (0, "")
+    assert (result.returncode, result.stdout) == (0, f"{NO_LEADER}\n")
     assert result.stderr == (
         "btc: no live target quantum:allocation:target:btc (5 symbol(s) have one; symbols are case-sensitive; "
         "did you mean BTC?)\n"
     )
     nothing = p31ctl(redis_server.url, "status", "--symbol", "NOPE")
     assert nothing.stderr.endswith("(5 symbol(s) have one; symbols are case-sensitive)\n")
+
+
+NO_LEADER = "proposer leader: none (no proposer holds the lease quantum:allocation_target:leader)"
+
+
+def test_status_names_the_proposer_leading_and_its_lease_left(
+    r: redis.Redis, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """SPEC §9: who writes proposals, from the lease; none before a proposer runs and after it stopped."""
+    seed_symbols(r, time.time())
+    assert p31ctl(redis_server.url, "status").stdout.splitlines()[0] == NO_LEADER
+    env = daemon_env(redis_server.url, {"LOOP_INTERVAL_SEC": "0.5"})
+    proposer = Daemon(PROPOSER, env, tmp_path / "proposer.log")
+    try:
+        proposer.wait_for(lambda: proposer.metric("p29_shadow_leader") == 1, what="the proposer leading")
+        table = p31ctl(redis_server.url, "status")
+        assert table.returncode == 0, table.stderr
+        leads = re.fullmatch(
+            r"proposer leader: ([^:]+):(\d+):[0-9a-f]{8} \(lease quantum:allocation_target:leader, ([\d.]+) s left\)",
+            table.stdout.splitlines()[0],
+        )
+        assert leads is not None, table.stdout
+        assert int(leads.group(2)) == proposer.process.pid
+        assert 0 < float(leads.group(3)) <= 1.5  # 3 x LOOP_INTERVAL_SEC
+        assert any(line.startswith("BTC ") for line in table.stdout.splitlines())
+        leader = as_json(p31ctl(redis_server.url, "status", "--json"))["leader"]
+        assert leader["key"] == "quantum:allocation_target:leader"
+        assert leader["holder"].split(":")[1] == str(proposer.process.pid)
+        assert 0 < leader["ttl_sec"] <= 1.5
+        assert proposer.terminate()[0] == 0  # gives the lease up
+    finally:
+        proposer.close()
+    assert p31ctl(redis_server.url, "status").stdout.splitlines()[0] == NO_LEADER
+    assert as_json(p31ctl(redis_server.url, "status", "--json"))["leader"] == {
+        "key": "quantum:allocation_target:leader", "holder": None, "ttl_sec": None,
+    }  # fmt: skip
+    r.set("quantum:allocation_target:leader", "by-hand")  # no TTL: it would never expire
+    assert p31ctl(redis_server.url, "status").stdout.splitlines()[0] == (
+        "proposer leader: by-hand (lease quantum:allocation_target:leader has no TTL: it never expires)"
+    )
 
 
 def test_explain_of_a_symbol_without_live_target_says_so_and_names_the_closest(
