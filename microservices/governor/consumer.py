@@ -556,11 +556,13 @@ class Governor:
 
     def _hold(self, permits: tuple[PermitWrite, ...], keys: frozenset[str]) -> None:
         """Keep a written batch's permits until replicas confirm its decisions (:meth:`_release_held`)."""
-        if permits:
-            held = self._held
-            if held is not None:  # not released yet (only when a failure cut a release short): one wait for both
-                permits, keys = held.permits + permits, held.keys | keys
-            self._held = HeldPermits(permits, keys, self._monotonic(), counted=held is not None and held.counted)
+        if not permits:
+            return
+        held = self._held
+        if held is None:
+            self._held = HeldPermits(permits, keys, self._monotonic())
+        else:  # not released yet (a batch's plans decided again, or a failure that cut a release short): one wait
+            self._held = replace(held, permits=held.permits + permits, keys=held.keys | keys)
 
     def _release_held(self) -> bool:
         """Confirm the held batch's decisions with WAIT and, once confirmed, write its permits; True when nothing

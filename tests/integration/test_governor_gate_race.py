@@ -122,9 +122,7 @@ def test_replicas_on_a_cluster_never_pass_a_symbols_gate_together(cluster: Redis
             wait_until(lambda: decided_plan_ids(r) >= set(published), 30, f"round {round_} decided")
             time.sleep(COOLDOWN_SEC + 0.1)
         assert all(daemon.running for daemon in daemons)
-        # the replicas did race: some found a symbol's gate changed since they read it, and decided again
         conflicts = sum(daemon.metric("quantum_govern_write_conflicts_total") or 0 for daemon in daemons)
-        assert conflicts >= 1
 
     permit_events: dict[str, list[float]] = defaultdict(list)
     seen: set[str] = set()
@@ -139,8 +137,10 @@ def test_replicas_on_a_cluster_never_pass_a_symbols_gate_together(cluster: Redis
     assert {s: len(t) for s, t in permits.items()} == {s: len(t) for s, t in permit_events.items()}
     assert violations(permits) == []
     assert violations(permit_events) == []
-    # the contention was real: every symbol was permitted in the first round, and held back after
+    # the contention was real: every symbol was permitted, and some replicas found a symbol's gate changed since
+    # they read it, and decided its plans again
     assert set(permits) == set(SYMBOLS)
+    assert conflicts >= 1
     assert r.xpending(PLANS, "governor")["pending"] == 0
 
 
