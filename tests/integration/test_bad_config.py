@@ -52,8 +52,10 @@ SPEC_GOVERNOR = [
     "GOV_MAX_DELIVERIES", "GOV_PLAN_MAX_AGE_SEC", "GOV_EVENTS_MAXLEN", "GOV_KILL_SCORE_CRITICAL",
     "GOV_SYMBOL_COOLDOWN_SECONDS", "GOV_MAX_EXEC_PER_5MIN", "GOV_MAX_EXEC_PER_HOUR", "METRICS_PORT",
 ]  # fmt: skip
+#: SPEC §9, one active proposer.
+SPEC_PROPOSER_LEASE = ["PROPOSER_LEASE_KEY", "PROPOSER_LEASE_TTL_SEC"]
 SPEC_VARIABLES = {
-    PROPOSER: set(SPEC_CONNECTION + SPEC_BOTH + SPEC_PROPOSER),
+    PROPOSER: set(SPEC_CONNECTION + SPEC_BOTH + SPEC_PROPOSER + SPEC_PROPOSER_LEASE),
     GOVERNOR: set(SPEC_CONNECTION + SPEC_BOTH + SPEC_GOVERNOR),
 }
 SETTINGS: dict[str, type[Settings]] = {PROPOSER: ProposerSettings, GOVERNOR: GovernorSettings}
@@ -111,6 +113,9 @@ BAD: dict[str, Bad] = {
     "PROPOSE_STREAM_MAXLEN": Bad("1.5", "0", "10000"),
     "PROPOSE_KEY_TTL": Bad("10m", "0", "600"),
     "LOOP_INTERVAL_SEC": Bad("10s", "0", "10"),
+    "PROPOSER_LEASE_KEY": Bad("quantum:allocation_target:the leader", None, "quantum:allocation_target:leader"),
+    # empty is unset (3 x LOOP_INTERVAL_SEC); 10 is not above the default interval of 10
+    "PROPOSER_LEASE_TTL_SEC": Bad("30s", "10", "30", empty_is_bad=False),
     # the governor
     "P31_DOWNSIZE_THRESHOLD": Bad("low", "1.5", "0.45"),
     "P31_MIN_FACTOR": Bad("quarter", "0", "0.25"),
