@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
+from typing import cast
 
 import pytest
 import redis
@@ -29,6 +30,7 @@ from microservices.allocation_target.settings import ProposerSettings
 from microservices.core.settings import load_settings
 from microservices.devtools.daemon_process import DaemonFailedError, metric_value
 from microservices.devtools.latency_proxy import LatencyProxy
+from microservices.devtools.redis_cluster import RedisCluster
 from microservices.devtools.redis_server import RedisServer
 from tests.daemons import Daemon, daemon_env
 from tests.redis_util import hset_text
@@ -205,6 +207,32 @@ def test_exactly_one_of_several_proposers_writes_a_killed_or_stopped_leader_is_r
         acquired = re.search(took_over, successor.log())
         assert acquired is not None
         assert acquired.groups() == (str(successor.process.pid), str(leader.process.pid))
+
+
+def test_on_a_three_master_cluster_one_of_two_proposers_writes_and_a_late_write_is_fenced(tmp_path: Path) -> None:
+    """Under Redis Cluster the lease and the shadow keys live on different masters: the writes are fenced by the
+    lease's deadline alone (no lease key in their scripts, which would be a cross-slot error)."""
+    with RedisCluster() as cluster, ExitStack() as stack:
+        client = cast(redis.Redis, cluster.client())
+        stack.callback(client.close)
+        seed(client)
+        masters = {cluster.master_of(key).port for key in (LEASE, STREAM, *(PROPOSED + s for s in SYMBOLS))}
+        assert len(masters) > 1  # the lease, the stream and the hashes do not share one node
+        daemons = [start(stack, cluster.url, tmp_path, f"c{i}", REDIS_CLUSTER="1") for i in range(2)]
+        leader = the_leader(daemons)
+        time.sleep(4 * INTERVAL)
+        assert_one_writer(client, daemons, leader)
+        for daemon in daemons:
+            assert daemon.terminate()[0] == 0
+        client.delete(STREAM, *(PROPOSED + s for s in SYMBOLS))
+        a, _ = proposer(client, "a:1:x", REDIS_CLUSTER="1")
+        lease = a.renew()
+        assert lease.held
+        with pytest.raises(LeaseLostError, match="3 of 3 shadow writes of a batch were fenced"):
+            a.write_fenced(Fence(lease.server_ms - 1, "a:1:x", None), decisions(a))
+        assert nothing_written(client)
+        assert a.write_fenced(lease.fence(None), decisions(a)) == {}  # in time: written, over several masters
+        assert client.xlen(STREAM) == len(SYMBOLS)
 
 
 def client_addresses(r: redis.Redis, name: str) -> set[str]:
