@@ -572,10 +572,11 @@ class Governor:
         if held is None or replicas is None:
             return True
         try:
-            acked = replicas.confirm(held.keys)
+            confirmation = replicas.confirm(held.keys, [permit.marker_key for permit in held.permits])
         except REDIS_ERRORS as exc:
             self._set_blocked(self._held_reason(held, f"replicas could not be asked ({type(exc).__name__})"))
             raise
+        acked = confirmation.acked
         if acked < replicas.min_replicas:
             if not held.counted:
                 self._metrics.replication_unconfirmed.inc()
@@ -587,7 +588,7 @@ class Governor:
             self._set_blocked(reason)
             return False
         try:
-            result = write_permits(self._client, held.permits, self._consumer)
+            result = write_permits(self._client, held.permits, confirmation.values, self._consumer)
         except REDIS_ERRORS as exc:
             self._set_blocked(self._held_reason(held, f"confirmed, but the permits could not be written ({exc})"))
             raise

@@ -18,7 +18,7 @@ asked, with a probe key in one of its own slots.
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -76,6 +76,14 @@ class HeldPermits:
 
 
 @dataclass(frozen=True, slots=True)
+class Confirmation:
+    """What a confirmation found: the fewest replicas that acknowledged, and the values read with the probe."""
+
+    acked: int
+    values: dict[str, object]
+
+
+@dataclass(frozen=True, slots=True)
 class PermitsWritten:
     """What writing held permits did: written, found in place already (never overwritten), or not written because
     their decision is no longer in Redis (lost with a master that failed over before it was confirmed: the plan comes
@@ -98,39 +106,56 @@ class Replicas:
         #: Under a cluster: node name -> a probe key in one of its slots.
         self._probe_keys: dict[str, str] = {}
 
-    def confirm(self, keys: Collection[str]) -> int:
+    def confirm(self, keys: Collection[str], reads: Sequence[str] = ()) -> Confirmation:
         """The fewest replicas that acknowledged within ``wait_ms`` over the masters asked (it stops at the first
-        master short of ``min_replicas``). A single Redis is asked whatever ``keys`` are; under a cluster, each
-        master that holds one of ``keys``."""
+        master short of ``min_replicas``), and the values of ``reads`` (GET; an error reads as None), each read on
+        its master just before the probe: a value read there is as confirmed as the probe is. A single Redis is
+        asked whatever ``keys`` are; under a cluster, each master that holds one of ``keys`` or ``reads``."""
         client = self._client
         if not isinstance(client, RedisCluster):
-            return self._probe_and_wait(client, PROBE_KEY_PREFIX + self._consumer)
+            return self._probe_and_wait(client, PROBE_KEY_PREFIX + self._consumer, reads)
         try:
             nodes: dict[str, ClusterNode] = {}
-            for key in keys:
+            on_node: dict[str, list[str]] = {}
+            for key in (*keys, *reads):
                 node = cast(ClusterNode, client.get_node_from_key(key))  # type: ignore[no-untyped-call]
                 nodes.setdefault(node.name, node)
-            fewest = self.min_replicas
+            for key in reads:
+                on_node.setdefault(self._node_of(client, key), []).append(key)
+            acked, values = self.min_replicas, {}
             for node in nodes.values():
                 server = client.get_redis_connection(node)
-                fewest = min(fewest, self._probe_and_wait(server, self._probe_key(client, node)))
-                if fewest < self.min_replicas:
+                answer = self._probe_and_wait(server, self._probe_key(client, node), on_node.get(node.name, []))
+                acked = min(acked, answer.acked)
+                values.update(answer.values)
+                if acked < self.min_replicas:
                     break
-            return fewest
+            return Confirmation(acked, values)
         except (redis.RedisError, OSError):
             # a master that failed over answers MOVED or READONLY to a direct call, which the cluster client never
             # sees: refresh its view of the slots so that the next try asks the new master
             client.nodes_manager.initialize()
             raise
 
-    def _probe_and_wait(self, server: redis.Redis, probe_key: str) -> int:
-        """The probe write and the WAIT on one connection (a plain pipeline holds one for its commands)."""
+    def _probe_and_wait(self, server: redis.Redis, probe_key: str, reads: Sequence[str]) -> Confirmation:
+        """The reads, the probe write and the WAIT on one connection (a plain pipeline holds one for its commands)."""
         pipe = server.pipeline(transaction=False)
         command = cast(Any, pipe).execute_command
+        for key in reads:
+            command("GET", key)
         command("SET", probe_key, f"{time.time():.3f}", "PX", PROBE_TTL_MS)
         command("WAIT", self.min_replicas, self.wait_ms)
-        _, acked = pipe.execute()
-        return int(acked)
+        replies = pipe.execute(raise_on_error=False)
+        for reply in replies:
+            # a key of another type reads as absent (a marker this code did not write); any other error (MOVED from
+            # a master that failed over, a connection lost) fails the confirmation, which is tried again
+            if isinstance(reply, Exception) and "WRONGTYPE" not in str(reply):
+                raise reply
+        values = {
+            key: None if isinstance(value, Exception) else value
+            for key, value in zip(reads, replies[: len(reads)], strict=True)
+        }
+        return Confirmation(int(replies[-1]), values)
 
     def _probe_key(self, client: RedisCluster, node: ClusterNode) -> str:
         """A probe key whose slot ``node`` serves now: found once by trying hash tags, checked at each use."""
@@ -149,17 +174,15 @@ class Replicas:
         return cast(ClusterNode, client.get_node_from_key(key)).name  # type: ignore[no-untyped-call]
 
 
-def write_permits(client: RedisClient, permits: Sequence[PermitWrite], consumer: str) -> PermitsWritten:
-    """Write confirmed permits, ``SET NX EX`` each, once their outcome markers are read to still record them (two
-    round trips; under a cluster the keys span slots, so the check and the write cannot be one script)."""
+def write_permits(
+    client: RedisClient, permits: Sequence[PermitWrite], markers: Mapping[str, object], consumer: str
+) -> PermitsWritten:
+    """Write confirmed permits, ``SET NX EX`` each, those whose outcome markers, as read with the confirmation
+    (``markers``, by key), still record them."""
     if not permits:
         return PermitsWritten()
-    reads = client.pipeline(transaction=False)
-    for permit in permits:
-        cast(Any, reads).execute_command("GET", permit.marker_key)
-    markers = reads.execute(raise_on_error=True)
-    standing = [p for p, raw in zip(permits, markers, strict=True) if p.decision_stands(raw, consumer)]
-    lost = tuple(p.plan_id for p, raw in zip(permits, markers, strict=True) if not p.decision_stands(raw, consumer))
+    standing = [p for p in permits if p.decision_stands(markers.get(p.marker_key), consumer)]
+    lost = tuple(p.plan_id for p in permits if not p.decision_stands(markers.get(p.marker_key), consumer))
     if not standing:
         return PermitsWritten(decision_lost=lost)
     writes = client.pipeline(transaction=False)

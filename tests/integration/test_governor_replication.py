@@ -236,3 +236,24 @@ def test_on_a_cluster_every_master_that_took_the_batch_confirms_it(tmp_path: Pat
                 resume()
                 daemon.wait_for(lambda: c.exists(PERMIT + "f1"), what="the held permit")
             daemon.wait_for(lambda: daemon.get("/healthz")[0] == 200, what="healthy again")
+
+
+def test_a_held_permit_whose_decision_is_gone_is_not_written(
+    servers: tuple[RedisServer, RedisServer], tmp_path: Path
+) -> None:
+    """A failover that lost a batch's unconfirmed decisions (here: its outcome marker deleted while the permit waits)
+    leaves the plan to be decided again: the held permit, which no recorded decision stands behind, is not written."""
+    master, replica = servers
+    m = master.client()
+    with contextlib.closing(Daemon(MODULE, daemon_env(master.url, REPLICATED), tmp_path / "gov.log")) as daemon:
+        daemon.wait_for(lambda: daemon.get("/healthz")[0] == 200, what="healthy")
+        with replica_stopped(replica) as resume:
+            publish_plans(m, "g1", "g2")
+            daemon.wait_for(lambda: daemon.metric(UNCONFIRMED) == 1, what="the batch counted unconfirmed")
+            m.delete("quantum:governor:outcome:g1")
+            time.sleep(0.5)  # a confirmation under way read the marker before it was deleted: let it fail first
+            resume()
+            daemon.wait_for(lambda: m.exists(PERMIT + "g2"), what="the permit whose decision stands")
+        daemon.wait_for(lambda: "1 held permit(s) not written: their decision is no longer in Redis" in daemon.log())
+        assert "g1" in daemon.log().rsplit("no longer in Redis", 1)[1]
+        assert m.exists(PERMIT + "g1") == 0
