@@ -603,7 +603,7 @@ class Governor:
                       ", ".join(result.existing[:5]))  # fmt: skip
         if result.decision_lost:
             log.warning("%d held permit(s) not written: their decision is no longer in Redis (a failover lost it "
-                        "before replicas confirmed it); the plans will be decided again: %s",
+                        "before replicas confirmed it); a plan still pending is decided again: %s",
                         len(result.decision_lost), ", ".join(result.decision_lost[:5]))  # fmt: skip
         return True
 

@@ -86,8 +86,9 @@ class Confirmation:
 @dataclass(frozen=True, slots=True)
 class PermitsWritten:
     """What writing held permits did: written, found in place already (never overwritten), or not written because
-    their decision is no longer in Redis (lost with a master that failed over before it was confirmed: the plan comes
-    back and is decided again)."""
+    their decision is no longer in Redis (lost with a master that failed over before it was confirmed: if its
+    ``XACK`` was lost too, the plan comes back and is decided again; under a cluster the ``XACK`` may live on another
+    master and stand, and the plan then ends without a permit, as a permit lost in a failover does)."""
 
     written: tuple[str, ...] = ()
     existing: tuple[str, ...] = ()
