@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -231,16 +232,37 @@ def test_three_governors_never_pass_a_cooldown_or_rate_limit_together(cluster: R
 # --- a master failover under load -----------------------------------------------------------------------------------
 
 
+def permits_missing(client: ClusterClient) -> set[str]:
+    """The plan_ids with a permit event but no permit key."""
+    permitted = sorted({e["plan_id"] for e in stream_entries(as_redis(client), EVENTS) if e["event"] == "permit"})
+    pipe = client.pipeline(transaction=False)  # type: ignore[no-untyped-call]  # untyped upstream
+    for plan_id in permitted:
+        pipe.exists(PERMIT_KEY_PREFIX + plan_id)
+    return {plan_id for plan_id, n in zip(permitted, pipe.execute(), strict=True) if not n}
+
+
+def wait_for_held_permits(client: ClusterClient, timeout: float = 5.0) -> set[str]:
+    """With GOV_MIN_REPLICAS a plan's event comes before its permit, which waits for its batch's confirmation: the
+    permits still missing once they stop coming."""
+    deadline = time.monotonic() + timeout
+    missing = permits_missing(client)
+    while missing and time.monotonic() < deadline:
+        time.sleep(0.2)
+        missing = permits_missing(client)
+    return missing
+
+
 def test_a_master_failover_under_load_gives_no_second_permit_and_loses_no_outcome(
     cluster: RedisCluster, tmp_path: Path
 ) -> None:
     client = cluster.client()
-    master = cluster.masters[0]
     with ExitStack() as stack:
         governors = start_governors(
             stack, cluster, tmp_path, 3, {"GOV_MIN_REPLICAS": MIN_REPLICAS, "GOV_CLAIM_IDLE_MS": "5000"}
         )
-        producer = ClusterPlanProducer("127.0.0.1", master.port, symbols=40, seed=14, pause=1 / PLANS_PER_SEC)
+        producer = ClusterPlanProducer(
+            "127.0.0.1", cluster.masters[0].port, symbols=40, seed=14, pause=1 / PLANS_PER_SEC
+        )
         poller = PermitPoller(cluster.client(), lambda: producer.published)
         stack.callback(poller.stop)
         producer.start()
@@ -249,7 +271,7 @@ def test_a_master_failover_under_load_gives_no_second_permit_and_loses_no_outcom
         assert poller.first_seen, "no permit before the failover: the test would prove nothing"
 
         victim = cluster.master_of(PLANS)
-        events_on_victim = cluster.master_of(EVENTS) is victim
+        promoted = cluster.replica_of(victim)
         killed_at = time.time()
         cluster.kill_master(cluster.masters.index(victim))
         failover_sec = cluster.wait_for_failover(timeout=30)
@@ -260,43 +282,49 @@ def test_a_master_failover_under_load_gives_no_second_permit_and_loses_no_outcom
         time.sleep(3.0)
         producer.stop()
         wait_settled(client, governors, timeout=45)
+        missing = wait_for_held_permits(client)
         time.sleep(0.3)  # the last permits' observation
         poller.stop()
         all_running = all(g.running for g in governors)
+        # batches whose decisions no replica confirmed in time: the promoted master had none until the old one rejoined
+        unconfirmed = sum(g.metric("quantum_govern_replication_unconfirmed_total") or 0 for g in governors)
         logs = "\n".join(g.log()[-1500:] for g in governors)
 
     published = stream_plan_set(as_redis(client))
-    plan_ids = sorted({plan_id for plan_id in published.entries.values() if plan_id})
     poller.final_pass([p.plan_id for p in producer.published if p.plan_id])
-    in_stream = set(published.entries)
-    lost_xadds = [entry for entry in producer.client.accepted if entry not in in_stream]
-    vanished = poller.vanished - poller.rewritten
-    created = sorted(poller.created_at().values())
-    after_promotion = [t for t in created if t > promoted_at]
-    resume_after_promotion = after_promotion[0] - promoted_at if after_promotion else float("inf")
-    around = [t for t in created if killed_at - 1 <= t]
-    outage = max((b - a for a, b in itertools.pairwise(around)), default=float("inf"))
+    lost_xadds = set(producer.client.accepted) - set(published.entries)
+    # SPEC §9: a permit written just before the failover may be missing afterwards (its decision survives)
+    lost_permits = {p for p in missing if cluster.master_of(PERMIT_KEY_PREFIX + p) is promoted}
     problems, kinds = outcome_violations(as_redis(client), published, events_may_repeat=True)
+    problems = [p for p in problems if p not in {f"permit event of {pid} without its permit" for pid in lost_permits}]
     repeats = repeated_events(stream_entries(as_redis(client), EVENTS))
+    # when the apply layer first saw each permit (its created_at is when it was decided, which can precede its write
+    # by the wait for the replicas' confirmation)
+    seen = sorted(at for at, _ in poller.first_seen.values())
+    after_promotion = [t for t in seen if t > promoted_at]
+    around = [t for t in seen if killed_at - 1 <= t]
     print(
-        f"failover under load ({PLANS_PER_SEC} plans/s, 3 governors, GOV_MIN_REPLICAS={MIN_REPLICAS}): "
-        f"master {victim.port} holding the plan stream SIGKILLed (events stream there too: {events_on_victim}); "
-        f"replica promoted and cluster ok after {failover_sec:.2f}s; old master rejoined as a replica "
-        f"{rejoined_at - promoted_at:.2f}s after the promotion; permits resumed "
-        f"{resume_after_promotion:.2f}s after the promotion; longest time without a new permit {outage:.2f}s"
+        f"failover under load ({PLANS_PER_SEC} plans/s, 3 governors, GOV_MIN_REPLICAS={MIN_REPLICAS}): master "
+        f"{victim.port} holding the plan stream SIGKILLed; replica promoted and cluster ok after {failover_sec:.2f}s; "
+        f"old master rejoined as a replica {rejoined_at - promoted_at:.2f}s after the promotion; permits seen again "
+        f"{(after_promotion or [math.inf])[0] - promoted_at:.2f}s after the promotion; longest time without a newly "
+        f"seen permit {max((b - a for a, b in itertools.pairwise(around)), default=math.inf):.2f}s; batches held "
+        f"unconfirmed {unconfirmed:g}"
     )
     print(
         f"failover: {len(producer.published)} plans published ({producer.client.refused} refused sends retried), "
-        f"{len(published.entries)} entries in the stream, {len(plan_ids)} plan_ids; lost: {len(lost_xadds)} "
-        f"acknowledged XADDs, {len(vanished)} permits seen then gone, {len(poller.rewritten)} rewritten byte for "
-        f"byte; double permits {poller.double_permits}; outcomes {dict(kinds)}, {len(repeats)} event(s) repeated "
-        f"identically (SPEC §3 allows it under a cluster: {[(e['source_id'], e['event']) for e in repeats][:5]}); "
-        f"poller rounds {poller.rounds}, "
-        f"errors {poller.errors}; problems {problems}"
+        f"{len(published.entries)} entries in the stream; lost: {len(lost_xadds)} acknowledged XADDs, "
+        f"{len(lost_permits)} permits of the failed master {sorted(lost_permits)[:5]} (their decisions stand), "
+        f"{len(poller.vanished - poller.rewritten)} permits the poller saw then lost, {len(poller.rewritten)} "
+        f"rewritten byte for byte; double permits {poller.double_permits}; outcomes {dict(kinds)}, {len(repeats)} "
+        f"event(s) repeated identically (SPEC §3 allows it under a cluster: "
+        f"{[(e['source_id'], e['event']) for e in repeats][:5]}); poller rounds {poller.rounds}, errors "
+        f"{poller.errors}; problems {problems}"
     )
     assert all_running, logs
     assert poller.double_permits == 0, poller.doubles
     assert problems == [], problems
+    assert missing == lost_permits, f"permits missing off the failed master: {sorted(missing - lost_permits)}"
     assert kinds["permit"] > 0 and after_promotion, "permits never resumed after the promotion"
     assert len(producer.published) > PLANS_PER_SEC * 5  # load all along (liveness only)
     assert cluster.replica_of(cluster.master_of(PLANS)) is victim
