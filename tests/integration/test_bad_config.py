@@ -54,9 +54,12 @@ SPEC_GOVERNOR = [
 ]  # fmt: skip
 #: SPEC §9, one active proposer.
 SPEC_PROPOSER_LEASE = ["PROPOSER_LEASE_KEY", "PROPOSER_LEASE_TTL_SEC"]
+#: SPEC §9, Sentinel (both daemons) and writes that survive a failover (the governor).
+SPEC_SENTINEL = ["REDIS_SENTINELS", "REDIS_SENTINEL_MASTER", "REDIS_SENTINEL_PASSWORD"]
+SPEC_GOVERNOR_REPLICAS = ["GOV_MIN_REPLICAS", "GOV_REPLICA_WAIT_MS"]
 SPEC_VARIABLES = {
-    PROPOSER: set(SPEC_CONNECTION + SPEC_BOTH + SPEC_PROPOSER + SPEC_PROPOSER_LEASE),
-    GOVERNOR: set(SPEC_CONNECTION + SPEC_BOTH + SPEC_GOVERNOR),
+    PROPOSER: set(SPEC_CONNECTION + SPEC_SENTINEL + SPEC_BOTH + SPEC_PROPOSER + SPEC_PROPOSER_LEASE),
+    GOVERNOR: set(SPEC_CONNECTION + SPEC_SENTINEL + SPEC_BOTH + SPEC_GOVERNOR + SPEC_GOVERNOR_REPLICAS),
 }
 SETTINGS: dict[str, type[Settings]] = {PROPOSER: ProposerSettings, GOVERNOR: GovernorSettings}
 #: Each daemon's run, in process, with a stop signal that is never installed (bad configuration stops it first).
@@ -96,6 +99,9 @@ BAD: dict[str, Bad] = {
     "REDIS_DB": Bad("zero", "-1", "0"),
     "REDIS_PASSWORD": Bad(" hunter2", None, "hunter2", empty_is_bad=False),
     "REDIS_CLUSTER": Bad("maybe", None, "0"),
+    "REDIS_SENTINELS": Bad("127.0.0.1", "127.0.0.1:65536", "127.0.0.1:{PORT}", empty_is_bad=False),
+    "REDIS_SENTINEL_MASTER": Bad("my master", None, "mymaster"),
+    "REDIS_SENTINEL_PASSWORD": Bad(" hunter2", None, "hunter2", empty_is_bad=False),
     # both daemons
     "REDIS_BACKOFF_MAX_SEC": Bad("five", "0", "5"),
     "METRICS_ADDR": Bad("localhost", None, "127.0.0.1"),
@@ -128,6 +134,8 @@ BAD: dict[str, Bad] = {
     "GOV_CONSUMER": Bad("gov\tone", None, "gov-1"),
     "GOV_BLOCK_MS": Bad("1s", "5001", "1000"),
     "GOV_CLAIM_IDLE_MS": Bad("idle", "0", "30000"),
+    "GOV_MIN_REPLICAS": Bad("one", "-1", "0"),
+    "GOV_REPLICA_WAIT_MS": Bad("100ms", "0", "100"),
     "GOV_MAX_DELIVERIES": Bad("five", "0", "5"),
     "GOV_PLAN_MAX_AGE_SEC": Bad("2m", "0", "120"),
     "GOV_EVENTS_MAXLEN": Bad("inf", "0", "10000"),
@@ -146,6 +154,7 @@ BY_DESIGN = {
     # A password may hold " #": from a quoted env-file line systemd passes it without the quotes, so the process
     # cannot tell it from a comment. The env file refuses the unquoted form; in the environment it is a password.
     ("REDIS_PASSWORD", INLINE_COMMENT, "environment"): "a password may hold ' #'",
+    ("REDIS_SENTINEL_PASSWORD", INLINE_COMMENT, "environment"): "a password may hold ' #'",
 }
 
 SOURCES = ("environment", "env file")
