@@ -60,7 +60,7 @@ GOVERNOR_ACL = (
     "~quantum:permit:* ~quantum:governor:* "
     "~quantum:stream:apply.plan ~quantum:stream:apply.plan.dlq ~quantum:stream:governor.events "
     "+ping +client|setname +get +mget +exists +hmget +type +set +watch +unwatch +multi +exec "
-    "+xreadgroup +xpending +xautoclaim +xack +xadd +xgroup|create +xinfo|stream +xinfo|groups"
+    "+xreadgroup +xpending +xautoclaim +xack +xadd +xgroup|create +xinfo|stream +xinfo|groups +wait"
 )
 ACL_USERS = {PROPOSER: ("p31-proposer", PROPOSER_ACL), GOVERNOR: ("p31-governor", GOVERNOR_ACL)}
 
@@ -252,6 +252,17 @@ def test_least_privilege_acl_users_run_both_daemons_through_every_path(tmp_path:
             assert acl_denials(admin) == []
         result = run_once(GOVERNOR, env[GOVERNOR]["REDIS_URL"], {"GOV_CONSUMER": "gov-sec"})  # --once reads XINFO
         assert result.returncode == 0, result.stderr
+        assert acl_denials(admin) == []
+        # GOV_MIN_REPLICAS (SPEC §9): a probe write and WAIT on a master with a replica, then the held permit
+        replica_args = ["--replicaof", "127.0.0.1", str(server.port), "--masterauth", ADMIN_PASSWORD]
+        with RedisServer(extra_args=replica_args) as replica, replica.client() as on_replica:
+            wait_until(lambda: on_replica.info("replication")["master_link_status"] == "up", "replica in sync", ())
+            publish_plan(admin, "confirmed", "ACLR")
+            replicated = {"GOV_CONSUMER": "gov-sec", "GOV_MIN_REPLICAS": "1", "GOV_REPLICA_WAIT_MS": "1000"}
+            result = run_once(GOVERNOR, env[GOVERNOR]["REDIS_URL"], replicated)
+            assert result.returncode == 0, result.stderr
+            assert admin.exists(PERMIT + "confirmed") == 1
+            assert int(admin.info("commandstats")["cmdstat_wait"]["calls"]) >= 1
         assert acl_denials(admin) == []
 
         proposer_user = redis.Redis(host="127.0.0.1", port=server.port, username="p31-proposer", password="pw")
