@@ -438,7 +438,7 @@ class BatchIO:
         value = permit_json(plan, outcome, now)
         key = item.record_key or marker_key(plan)
         return PermitWrite(plan.plan_id, item.delivery.entry_id, permit_key(plan.plan_id), value,
-                           self._settings.permit_ttl_sec, key)  # fmt: skip
+                           self._settings.permit_ttl_sec, key, now)  # fmt: skip
 
     def queue_records(
         self,

@@ -588,7 +588,7 @@ class Governor:
             self._set_blocked(reason)
             return False
         try:
-            result = write_permits(self._client, held.permits, confirmation.values, self._consumer)
+            result = write_permits(self._client, held.permits, confirmation.values, self._consumer, self._clock())
         except REDIS_ERRORS as exc:
             self._set_blocked(self._held_reason(held, f"confirmed, but the permits could not be written ({exc})"))
             raise
@@ -601,6 +601,10 @@ class Governor:
             self._metrics.redis_errors.inc(len(result.existing))
             log.error("%d held permit(s) found in place already, not written: %s", len(result.existing),
                       ", ".join(result.existing[:5]))  # fmt: skip
+        if result.expired:
+            log.warning("%d held permit(s) not written: replicas confirmed their decisions only after PERMIT_TTL_SEC "
+                        "(%ds) had run out since they were decided; the apply layer times out on them: %s",
+                        len(result.expired), self._settings.permit_ttl_sec, ", ".join(result.expired[:5]))  # fmt: skip
         if result.decision_lost:
             log.warning("%d held permit(s) not written: their decision is no longer in Redis (a failover lost it "
                         "before replicas confirmed it); a plan still pending is decided again: %s",

@@ -47,6 +47,13 @@ class PermitWrite:
     value: str
     ttl_sec: int
     marker_key: str
+    #: The permit's ``created_at`` (the governor's clock when it was decided): it expires ``ttl_sec`` after it, however
+    #: long it waited to be written.
+    decided_at: float
+
+    def ttl_left_ms(self, now: float) -> int:
+        """What is left of its TTL at ``now``, in milliseconds (0 or less: its time is over, it is not written)."""
+        return int((self.decided_at + self.ttl_sec - now) * 1000)
 
     def decision_stands(self, raw_marker: object, consumer: str) -> bool:
         """Whether the outcome marker as read still records this permit, written by this consumer for this entry."""
@@ -93,6 +100,9 @@ class PermitsWritten:
     written: tuple[str, ...] = ()
     existing: tuple[str, ...] = ()
     decision_lost: tuple[str, ...] = ()
+    #: Confirmed only after their ``PERMIT_TTL_SEC`` had run out since they were decided: a permit never outlives
+    #: ``created_at`` + ``PERMIT_TTL_SEC``, so these are not written (the apply layer times out, as for a lost one).
+    expired: tuple[str, ...] = ()
 
 
 class Replicas:
@@ -176,19 +186,21 @@ class Replicas:
 
 
 def write_permits(
-    client: RedisClient, permits: Sequence[PermitWrite], markers: Mapping[str, object], consumer: str
+    client: RedisClient, permits: Sequence[PermitWrite], markers: Mapping[str, object], consumer: str, now: float
 ) -> PermitsWritten:
-    """Write confirmed permits, ``SET NX EX`` each, those whose outcome markers, as read with the confirmation
-    (``markers``, by key), still record them."""
+    """Write confirmed permits, ``SET NX PX`` each with what is left at ``now`` of its TTL since it was decided, those
+    whose outcome markers, as read with the confirmation (``markers``, by key), still record them."""
     if not permits:
         return PermitsWritten()
     standing = [p for p in permits if p.decision_stands(markers.get(p.marker_key), consumer)]
     lost = tuple(p.plan_id for p in permits if not p.decision_stands(markers.get(p.marker_key), consumer))
+    expired = tuple(p.plan_id for p in standing if p.ttl_left_ms(now) <= 0)
+    standing = [p for p in standing if p.ttl_left_ms(now) > 0]
     if not standing:
-        return PermitsWritten(decision_lost=lost)
+        return PermitsWritten(decision_lost=lost, expired=expired)
     writes = client.pipeline(transaction=False)
     for permit in standing:
-        cast(Any, writes).execute_command("SET", permit.key, permit.value, "NX", "EX", permit.ttl_sec)
+        cast(Any, writes).execute_command("SET", permit.key, permit.value, "NX", "PX", permit.ttl_left_ms(now))
     results = writes.execute(raise_on_error=True)
     in_place = [p for p, ok in zip(standing, results, strict=True) if not ok]
     ours: set[str] = set()
@@ -200,7 +212,7 @@ def write_permits(
         ours = {p.plan_id for p, raw in zip(in_place, found, strict=True) if raw == p.value.encode()}
     written = tuple(p.plan_id for p, ok in zip(standing, results, strict=True) if ok or p.plan_id in ours)
     existing = tuple(p.plan_id for p in in_place if p.plan_id not in ours)
-    return PermitsWritten(written, existing, lost)
+    return PermitsWritten(written, existing, lost, expired)
 
 
 class ReplicationUnconfirmedError(redis.RedisError):

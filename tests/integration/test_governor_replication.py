@@ -161,9 +161,32 @@ def test_unconfirmed_decisions_hold_their_permits_until_the_replica_is_back(
             # the JSON built when it was decided (its created_at is the event's ts), not when it was written
             assert f"{permit['created_at']:.3f}" == events[plan_id]["ts"]
             assert permit["created_at"] < resumed_at
+            # and it expires PERMIT_TTL_SEC after it was decided, not after it was written
+            assert 0 < m.pttl(PERMIT + plan_id) <= (permit["created_at"] + 60 - time.time()) * 1000 + 50
         assert daemon.metric(UNCONFIRMED) == 1
         daemon.wait_for(lambda: daemon.get("/healthz")[0] == 200, what="healthy again")
         assert "blocked" not in json.loads(daemon.get("/healthz")[1])
+
+
+def test_a_permit_confirmed_after_its_ttl_since_the_decision_is_not_written(
+    servers: tuple[RedisServer, RedisServer], tmp_path: Path
+) -> None:
+    """A permit never outlives ``created_at`` + ``PERMIT_TTL_SEC``: one whose decision replicas confirm only later is
+    not written at all (its decision stands; the apply layer times out on it, as on a permit lost in a failover)."""
+    master, replica = servers
+    m = master.client()
+    env = daemon_env(master.url, {**REPLICATED, "PERMIT_TTL_SEC": "1"})
+    with contextlib.closing(Daemon(MODULE, env, tmp_path / "gov.log")) as daemon:
+        daemon.wait_for(lambda: daemon.get("/healthz")[0] == 200, what="healthy")
+        with replica_stopped(replica) as resume:
+            publish_plans(m, "late1")
+            daemon.wait_for(lambda: daemon.metric(UNCONFIRMED) == 1, what="the batch counted unconfirmed")
+            time.sleep(1.2)
+            resume()
+            daemon.wait_for(lambda: "1 held permit(s) not written: replicas confirmed" in daemon.log(), what="log")
+            daemon.wait_for(lambda: daemon.get("/healthz")[0] == 200, what="healthy again")
+        assert m.exists(PERMIT + "late1") == 0
+        assert events_by_plan(m)["late1"]["event"] == "permit"  # the decision stands
 
 
 def test_sigterm_while_permits_are_held_exits_0_and_names_them(
