@@ -29,6 +29,7 @@ from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster as ClusterClient
 from redis.retry import Retry
 
+from microservices.devtools.latency_proxy import LatencyProxy
 from microservices.devtools.redis_server import RedisServer
 
 #: How long a node may not answer before the others judge it failing; a failover follows within a few times this.
@@ -65,6 +66,8 @@ class RedisCluster:
         self.node_timeout_ms = node_timeout_ms
         self.nodes: list[RedisServer] = [RedisServer(args, cluster_node=True) for _ in range(masters * 2)]
         self._masters = masters
+        #: Proxies in front of masters (by the master's own port): see :meth:`proxy_replication`.
+        self._proxies: dict[int, LatencyProxy] = {}
 
     # --- lifecycle --------------------------------------------------------------------------------------------------
 
@@ -86,6 +89,9 @@ class RedisCluster:
     def close(self) -> None:
         for node in self.nodes:
             node.close()
+        for proxy in self._proxies.values():
+            proxy.close()
+        self._proxies.clear()
 
     def __enter__(self) -> Self:
         try:
@@ -119,7 +125,8 @@ class RedisCluster:
         """The running replica whose master is ``master``, if any."""
         for node in self.replicas:
             info = self._info(node)
-            if info.get("master_port") == master.port:
+            proxy = self._proxies.get(master.port)
+            if info.get("master_port") in (master.port, proxy.port if proxy is not None else None):
                 return node
         return None
 
@@ -158,7 +165,51 @@ class RedisCluster:
         others have judged it failed (:meth:`wait_for_failover`)."""
         master = self.masters[i]
         master.kill()
+        proxy = self._proxies.pop(master.port, None)
+        if proxy is not None:
+            proxy.close()  # after the kill: what it held goes nowhere, and its replica cannot reconnect through it
         return master
+
+    # --- losing writes on purpose -----------------------------------------------------------------------------------
+
+    def proxy_replication(self, master: RedisServer, timeout: float = 15.0) -> LatencyProxy:
+        """Put ``master`` behind a :class:`~.latency_proxy.LatencyProxy`: it announces the proxy's port to the cluster
+        (``cluster-announce-port``; its bus stays direct), so its replica, and the clients, reach it through the
+        proxy. Returns once its replica replicates through it. Needed before :meth:`hold_replication`."""
+        proxy = self._proxies.get(master.port)
+        if proxy is not None:
+            return proxy
+        proxy = LatencyProxy(master.port).start()
+        self._proxies[master.port] = proxy
+        with master.client() as client:
+            client.config_set("cluster-announce-bus-port", master.port + 10000)
+            client.config_set("cluster-announce-port", proxy.port)
+        self._wait(
+            lambda: any(
+                self._info(node).get("master_port") == proxy.port and self._info(node).get("master_link_status") == "up"
+                for node in self.replicas
+            ),
+            time.monotonic() + timeout,
+            f"the replica of {master.port} to replicate through the proxy on {proxy.port}",
+        )
+        return proxy
+
+    def hold_replication(self, master: RedisServer) -> None:
+        """From now on what ``master`` writes reaches no replica (it stays in the proxy) until
+        :meth:`release_replication`: ``WAIT`` times out, and a master killed meanwhile (:meth:`kill_master`) takes those
+        writes with it, so that its promoted replica lacks them. On loopback a plain SIGKILL rarely loses a write."""
+        proxy = self.proxy_replication(master)
+        with master.client(decode_responses=True) as client:
+            links: list[dict[str, str]] = client.client_list(_type="replica")
+        held = proxy.hold({int(link["addr"].rsplit(":", 1)[1]) for link in links})
+        if held != 1:
+            proxy.release()
+            raise RuntimeError(f"held {held} replication links of {master.port}, not 1: {links}")
+
+    def release_replication(self, master: RedisServer) -> None:
+        proxy = self._proxies.get(master.port)
+        if proxy is not None:
+            proxy.release()
 
     def wait_for_failover(self, timeout: float = 20.0) -> float:
         """Wait until every slot is served by a live master again (a replica promoted) and every live node says

@@ -60,3 +60,23 @@ def test_a_killed_master_is_failed_over_in_seconds_and_rejoins_as_a_replica() ->
         assert len(cluster.masters) == 3
         assert client.get("after") == b"yes"
         client.close()
+
+
+def test_a_write_made_while_the_replica_is_held_back_is_lost_with_its_master() -> None:
+    """On loopback a plain SIGKILL rarely loses a write; holding the replica back makes the failover lose them."""
+    with RedisCluster() as cluster:
+        client = cluster.client()
+        victim = cluster.master_of("k")
+        cluster.proxy_replication(victim)
+        with victim.client() as direct:
+            direct.set("k", "replicated")
+            assert direct.wait(1, 2000) == 1
+            cluster.hold_replication(victim)
+            direct.set("k", "held")
+            assert direct.wait(1, 300) == 0  # the replica never got it
+        cluster.kill_master(cluster.masters.index(victim))
+        cluster.wait_for_failover(timeout=20)
+        assert client.get("k") == b"replicated"
+        cluster.restart(victim)
+        assert cluster.replica_of(cluster.master_of("k")) is victim
+        client.close()
