@@ -47,7 +47,7 @@ from microservices.allocation_target.settings import ProposerSettings
 from microservices.core.efficiency import EffReason
 from microservices.core.efficiency_reads import efficiency_readings, queue_efficiency_read
 from microservices.core.logs import LogThrottle
-from microservices.core.redis_client import REDIS_ERRORS, RedisClient, scan_pages
+from microservices.core.redis_client import REDIS_ERRORS, RedisClient, queue_script, scan_pages
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +269,6 @@ class Proposer:
             return {}
         guard: list[EncodableT] = [fence.deadline_ms, fence.holder]
         lease_key: tuple[EncodableT, ...] = () if fence.lease_key is None else (fence.lease_key,)
-        numkeys = 1 + len(lease_key)
         ttl, stream, maxlen = self._settings.key_ttl_sec, self._settings.stream_name, self._settings.stream_maxlen
         entries: list[list[EncodableT]] = []
         hashes = self._client.pipeline(transaction=False)
@@ -282,8 +281,7 @@ class Proposer:
                 fields += (name, value)
             entries.append(fields)
             args = [*guard, ttl, *fields, LAST_UPDATE_FIELD, entry["ts_epoch"]]
-            # execute_command: redis-py's cluster pipeline has no eval(), but routes an EVAL by its key
-            hashes.execute_command("EVAL", WRITE_SHADOW_HASH, numkeys, PROPOSED_KEY + raw, *lease_key, *args)
+            queue_script(hashes, "EVAL", WRITE_SHADOW_HASH, [PROPOSED_KEY + raw, *lease_key], args)
         replies = hashes.execute(raise_on_error=False)
         fenced = sum(1 for reply in replies if reply == FENCED)
         if fenced:
@@ -298,8 +296,8 @@ class Proposer:
                 detail = f"writing the shadow hash failed: {reply}"
                 failed[proposal.symbol] = Skip(proposal.symbol, SkipReason.REDIS_ERROR, detail)
             else:
-                stream_entries.execute_command(
-                    "EVAL", APPEND_STREAM_ENTRY, numkeys, stream, *lease_key, *guard, maxlen, *fields
+                queue_script(
+                    stream_entries, "EVAL", APPEND_STREAM_ENTRY, [stream, *lease_key], [*guard, maxlen, *fields]
                 )
         if len(failed) < len(proposals):
             appended = stream_entries.execute()

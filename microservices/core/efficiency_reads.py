@@ -10,9 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from redis.client import Pipeline
-from redis.cluster import ClusterPipeline
-
 from microservices.core.efficiency import (
     EFFICIENCY_FIELDS,
     EFFICIENCY_KEY_PREFIX,
@@ -21,14 +18,12 @@ from microservices.core.efficiency import (
     EfficiencyReading,
     classify_values,
 )
-from microservices.core.redis_client import RedisClient
+from microservices.core.redis_client import AnyPipeline, RedisClient
 
 #: Key prefix as bytes: symbols are bytes on the wire, and keys are built by concatenation.
 EFFICIENCY_KEY = EFFICIENCY_KEY_PREFIX.encode()
 #: An ``HMGET`` reply that found none of the efficiency fields.
 NO_FIELDS = [None] * len(EFFICIENCY_FIELDS)
-
-AnyPipeline = Pipeline | ClusterPipeline
 
 
 def queue_efficiency_read(pipe: AnyPipeline, raw_symbol: bytes) -> None:

@@ -16,14 +16,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
-from redis.client import Pipeline
-from redis.cluster import ClusterPipeline
 from redis.exceptions import NoScriptError
 
 from microservices.core.efficiency import EfficiencyPolicy, EfficiencyReading
 from microservices.core.efficiency_reads import efficiency_readings, queue_efficiency_read
 from microservices.core.logs import LogThrottle
-from microservices.core.redis_client import RedisClient
+from microservices.core.redis_client import AnyPipeline, RedisClient, queue_script
 from microservices.governor.decision import Event, Facts, KillSwitch, Outcome, Policy, decide
 from microservices.governor.gate import EMPTY_GATE, GATE_KEY_PREFIX, GateState, parse_gate
 from microservices.governor.metrics import GovernorMetrics
@@ -48,7 +46,6 @@ from microservices.governor.settings import GovernorSettings
 
 log = logging.getLogger(__name__)
 
-AnyPipeline = Pipeline | ClusterPipeline
 #: The kinds of record a command writes, for reports of failed writes.
 PERMIT, GATE, BLOCK, DEAD_LETTER, MARKER, EVENT = "permit", "gate", "block", "dead letter", "outcome marker", "event"
 
@@ -411,14 +408,15 @@ class BatchIO:
         False when another writer changed the gate since (the symbol's plans are decided again), or the error."""
         args = [self._gate_cas_args(update) for update in updates]
         pipe = self._client.pipeline(transaction=False)
-        for arg in args:
-            cast(Callable[..., object], pipe.execute_command)("EVALSHA", GATE_CAS_SHA, 1, *arg)
+        for key, *rest in args:
+            queue_script(pipe, "EVALSHA", GATE_CAS_SHA, [key], rest)
         results: list[object] = list(pipe.execute(raise_on_error=False)) if args else []
         unknown = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
         if unknown:  # a node that has not cached the script yet (new, restarted, or flushed): EVAL loads it
             pipe = self._client.pipeline(transaction=False)
             for i in unknown:
-                cast(Callable[..., object], pipe.execute_command)("EVAL", GATE_CAS_SCRIPT, 1, *args[i])
+                key, *rest = args[i]
+                queue_script(pipe, "EVAL", GATE_CAS_SCRIPT, [key], rest)
             for i, result in zip(unknown, pipe.execute(raise_on_error=False), strict=True):
                 results[i] = result
         return [result if isinstance(result, Exception) else result == 1 for result in results]

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.cluster import RedisCluster as RedisClusterClient
 from redis.typing import EncodableT
 
+from microservices.core.redis_client import queue_script
 from microservices.devtools.daemon_process import ROOT, http_get, metric_value
 from microservices.devtools.redis_server import RedisServer, free_port
 from tests.daemons import daemon_env, run_once
@@ -46,6 +48,8 @@ def test_proposer_runs_against_a_cluster(cluster: RedisServer) -> None:
     assert r.exists("quantum:allocation:target:proposed:XRP") == 0
     assert 0 < r.ttl("quantum:allocation:target:proposed:BTC") <= 600
     assert r.xlen("quantum:stream:allocation.target.proposed") == 2
+    # the scripts are routed by their keys in the client: no round trip per script to ask for them
+    assert "cmdstat_command|getkeys" not in r.info("commandstats")
 
 
 def test_governor_runs_against_a_cluster(cluster: RedisServer) -> None:
@@ -122,3 +126,21 @@ def test_daemon_waits_for_the_cluster_then_runs(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_scripts_on_a_cluster_pipeline_cost_no_round_trip_each_to_find_their_keys(cluster: RedisServer) -> None:
+    """redis-py's cluster pipeline asks Redis for a script's keys (``COMMAND GETKEYS``), one round trip per call,
+    unless the node is named: :func:`queue_script` names it from the first key (the proposer writes two scripts per
+    symbol, the governor one per permitted symbol's gate)."""
+    r: redis.Redis = cluster.client()
+    client = RedisClusterClient(host="127.0.0.1", port=cluster.port)
+    pipe = client.pipeline(transaction=False)  # type: ignore[no-untyped-call]  # untyped upstream
+    for i in range(50):
+        queue_script(pipe, "EVAL", "return redis.call('SET', KEYS[1], ARGV[1])", [f"k{i}"], ["v"])
+    assert pipe.execute() == [b"OK"] * 50
+    assert "cmdstat_command|getkeys" not in r.info("commandstats")
+    pipe = client.pipeline(transaction=False)  # type: ignore[no-untyped-call]  # untyped upstream
+    pipe.execute_command("EVAL", "return redis.call('SET', KEYS[1], ARGV[1])", 1, "k0", "v")
+    pipe.execute()
+    assert r.info("commandstats")["cmdstat_command|getkeys"]["calls"] == 1  # what it saves, each call
+    client.close()
