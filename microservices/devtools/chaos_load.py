@@ -20,7 +20,8 @@ import redis
 
 from microservices.allocation_target.proposal import LIVE_TARGET_PREFIX, TARGET_FIELD
 from microservices.core.efficiency import EFFICIENCY_KEY_PREFIX
-from microservices.devtools.plans import ProducerStoppedError, publish
+from microservices.devtools.patient_clients import ProducerStoppedError
+from microservices.devtools.plans import publish
 from microservices.devtools.rotating_password import RotatingPassword, patient_client
 
 #: Each chunk of plans lasts this long at its rate, seconds (uniform).

@@ -1,6 +1,6 @@
-"""Plans as the fault tests, the stop stress and the chaos run see them: a mix of plans published the way producers do,
-a producer that never gives up a plan, the plan stream as ground truth, and the check that every entry ended in exactly
-one outcome.
+"""Plans as the fault tests, the topology tests, the stop stress and the chaos run see them: a mix of plans published
+the way producers do (on one Redis or a Redis Cluster), the plan stream as ground truth, and the check that every entry
+ended in exactly one outcome.
 
 :func:`outcome_violations` returns what is wrong as sentences instead of asserting, so a long run can report every
 violation it found; the tests assert that the list is empty.
@@ -8,18 +8,17 @@ violation it found; the tests assert that the list is empty.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+from redis.cluster import RedisCluster
 from redis.typing import EncodableT
 
 from microservices.core.efficiency import EFFICIENCY_KEY_PREFIX
@@ -29,11 +28,8 @@ PLANS = "quantum:stream:apply.plan"
 GROUP = "governor"
 EVENTS = EVENTS_STREAM
 DLQ = PLANS + ".dlq"
-#: How long a refused producer command waits before it is sent again: short, so that plans land as soon as Redis
-#: accepts writes again, ahead of a governor still in its reconnect backoff.
-RETRY_SEC = 0.01
-#: What a refused write looks like to a producer: Redis down or paused past the timeout, out of memory, a replica.
-REFUSED = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.OutOfMemoryError, redis.ReadOnlyError)
+#: What the plan tools write with: every command they send exists on both.
+AnyRedis = redis.Redis | RedisCluster
 
 
 def text(value: object) -> str:
@@ -62,7 +58,7 @@ class PlanSet:
         return PlanSet({**self.entries, **other.entries})
 
 
-def seed_efficiency(client: redis.Redis, symbols: int, rng: random.Random, now: float | None = None) -> None:
+def seed_efficiency(client: AnyRedis, symbols: int, rng: random.Random, now: float | None = None) -> None:
     """An efficiency reading for symbols ``S0``..: scores across the downsize threshold, all fresh and confident."""
     now = time.time() if now is None else now
     for i in range(symbols):
@@ -85,39 +81,65 @@ def plan_fields(
     }
 
 
+@dataclass(frozen=True)
+class Published:
+    """One plan as its producer sent it: the entry id Redis gave it, its plan_id ("" for none), when (epoch s)."""
+
+    entry_id: str
+    plan_id: str
+    at: float
+
+
+def plan_mix(
+    rng: random.Random, *, symbols: int, prefix: str, republish: bool = True
+) -> Iterator[dict[EncodableT, EncodableT]]:
+    """Plans over symbols ``S0``.., endlessly: mostly EXECUTE plans (a quarter of them closing), some HOLD, some without
+    plan_id (3 %) and, if ``republish``, some republished plan_ids (3 %)."""
+    plan_ids: list[str] = []
+    for i in itertools.count():
+        kind = rng.random()
+        fields = plan_fields(rng, i, kind, symbols=symbols, prefix=prefix)
+        if kind < 0.03:
+            del fields["plan_id"]
+        elif republish and kind < 0.06 and plan_ids:
+            fields["plan_id"] = rng.choice(plan_ids)
+        yield fields
+        if republish and (kind >= 0.06 or (kind >= 0.03 and not plan_ids)):
+            plan_ids.append(str(fields["plan_id"]))
+
+
 def publish(
-    client: redis.Redis,
-    count: int,
+    client: AnyRedis,
+    count: int | None,
     *,
     symbols: int,
     seed: int,
     prefix: str = "p",
     pause: float | None = 0.0,
+    rate: float | None = None,
+    republish: bool = True,
     stop: threading.Event | None = None,
+    into: list[Published] | None = None,
 ) -> PlanSet:
-    """``count`` entries over symbols ``S0``..: mostly EXECUTE plans (a quarter of them closing), some HOLD, some
-    without plan_id (3 %), and some republished plan_ids (3 %); each XADD on its own, as producers do. ``pause`` is
-    the wait before each XADD; ``stop`` ends the run early."""
+    """``count`` entries (None: until ``stop``) of :func:`plan_mix` after :func:`seed_efficiency`, each XADD on its
+    own, as producers do. ``pause`` is the wait before each XADD; ``rate`` (instead) an absolute schedule of that many
+    a second, so that a stall is followed by a catch-up burst, as producers with a backlog do. Each entry is appended
+    to ``into`` once Redis acknowledged it (to read while it runs); ``stop`` ends the run early."""
     rng = random.Random(seed)
     seed_efficiency(client, symbols, rng)
-    published = PlanSet()
-    plan_ids: list[str] = []
-    for i in range(count):
+    published = [] if into is None else into
+    started = time.monotonic()
+    mix = plan_mix(rng, symbols=symbols, prefix=prefix, republish=republish)
+    for i, fields in enumerate(itertools.islice(mix, count)):
         if stop is not None and stop.is_set():
             break
-        if pause:
-            time.sleep(pause)
-        kind = rng.random()
-        fields = plan_fields(rng, i, kind, symbols=symbols, prefix=prefix)
-        if kind < 0.03:
-            del fields["plan_id"]
-        elif kind < 0.06 and plan_ids:
-            fields["plan_id"] = rng.choice(plan_ids)
+        wait = (started + i / rate - time.monotonic()) if rate else pause
+        if wait is not None and wait > 0:
+            time.sleep(wait)
+        at = time.time()
         entry_id = text(client.xadd(PLANS, fields))
-        published.entries[entry_id] = str(fields.get("plan_id", ""))
-        if kind >= 0.06 or (kind >= 0.03 and not plan_ids):
-            plan_ids.append(str(fields["plan_id"]))
-    return published
+        published.append(Published(entry_id, str(fields.get("plan_id", "")), at))
+    return PlanSet({p.entry_id: p.plan_id for p in published})
 
 
 def events_count(client: redis.Redis) -> int:
@@ -221,70 +243,3 @@ def outcome_violations(
     if state != (0, True):
         problems.append(f"the group has not settled: (pending, delivered the last entry) = {state}")
     return problems, kinds
-
-
-class ProducerStoppedError(Exception):
-    """The producer was asked to stop; raised out of its next command."""
-
-
-class PatientRedis(redis.Redis):
-    """A producer's client: every command is sent again until Redis accepts it, as a producer that must not drop a plan
-    does, every ``RETRY_SEC`` (redis-py's own retries are off: their backoff would delay the plans' landing). It has no
-    socket timeout, so a paused Redis is waited for rather than written to twice."""
-
-    def __init__(self, port: int, stop: threading.Event, host: str = "127.0.0.1", password: str | None = None) -> None:
-        super().__init__(
-            host=host, port=port, password=password, protocol=2, socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)
-        )
-        self._stop = stop
-        self.refused = 0
-        #: The id of every XADD Redis acknowledged: what it must still hold after any fault.
-        self.accepted: list[str] = []
-
-    def execute_command(self, *args: Any, **options: Any) -> Any:
-        while True:
-            if self._stop.is_set():
-                raise ProducerStoppedError
-            try:
-                reply = super().execute_command(*args, **options)  # type: ignore[no-untyped-call]  # untyped upstream
-            except REFUSED:
-                self.refused += 1
-                time.sleep(RETRY_SEC)
-                continue
-            if args[0] == "XADD":
-                self.accepted.append(reply.decode())
-            return reply
-
-
-class PlanProducer:
-    """A thread publishing :func:`publish`'s mix of plans over ``symbols`` symbols, one XADD every ``pause`` seconds,
-    until :meth:`stop`."""
-
-    def __init__(self, port: int, *, symbols: int, seed: int, pause: float, prefix: str = "p") -> None:
-        self._stop = threading.Event()
-        self.client = PatientRedis(port, self._stop)
-        self._args = (symbols, seed, pause, prefix)
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="plan-producer", daemon=True)
-
-    def _run(self) -> None:
-        symbols, seed, pause, prefix = self._args
-        try:
-            publish(self.client, 10**9, symbols=symbols, seed=seed, prefix=prefix, pause=pause)
-        except ProducerStoppedError:
-            pass
-        except BaseException as exc:  # reported by stop(): a producer that died would make the test vacuous
-            self.error = exc
-
-    def start(self) -> PlanProducer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-        self.client.close()
-        if self.error is not None:
-            raise RuntimeError(f"the producer failed: {self.error!r}") from self.error
-        if self._thread.is_alive():
-            raise RuntimeError("the producer did not stop")

@@ -21,10 +21,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, cast
 
 import redis
+from redis.backoff import NoBackoff
 from redis.client import PubSub
+from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from microservices.devtools.latency_proxy import LatencyProxy
 from microservices.devtools.redis_server import RedisServer
@@ -39,6 +42,21 @@ FAILOVER_TIMEOUT_MS = 3000
 START_TIMEOUT_SEC = 20.0
 
 Address = tuple[str, int]
+
+
+def sentinel_manager(sentinels: Sequence[Address]) -> Sentinel:
+    """redis-py's view of the sentinels at ``sentinels`` (each asked with a one-second timeout)."""
+    return Sentinel(  # type: ignore[no-untyped-call]  # untyped upstream
+        list(sentinels), sentinel_kwargs={"socket_timeout": 1, "socket_connect_timeout": 1}
+    )
+
+
+def sentinel_master(sentinels: Sequence[Address], master_name: str = MASTER_NAME, **options: Any) -> redis.Redis:
+    """A client of the master the sentinels name, that asks them again on each new connection (redis-py's
+    ``Sentinel.master_for``), as the daemons connect; no retries of its own."""
+    defaults: dict[str, Any] = {"protocol": 2, "socket_connect_timeout": 1, "retry": Retry(NoBackoff(), 0)}
+    manager = sentinel_manager(sentinels)
+    return cast(redis.Redis, manager.master_for(master_name, **{**defaults, **options}))  # type: ignore[no-untyped-call]
 
 
 @dataclass(frozen=True)

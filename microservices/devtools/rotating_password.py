@@ -15,7 +15,7 @@ from redis.backoff import NoBackoff
 from redis.credentials import CredentialProvider
 from redis.retry import Retry
 
-from microservices.devtools.plans import PatientRedis
+from microservices.devtools.patient_clients import PatientRedis
 
 
 class RotatingPassword(CredentialProvider):
@@ -49,8 +49,8 @@ def client(port: int, password: RotatingPassword, *, socket_timeout: float = 5.0
 
 
 def patient_client(port: int, password: RotatingPassword, stop: threading.Event) -> PatientRedis:
-    """A producer's :class:`~microservices.devtools.plans.PatientRedis` that follows rotations: the provider goes into
-    the pool's connection options before the first connection is made, so every connection asks it."""
-    patient = PatientRedis(port, stop)
+    """A producer's :class:`~microservices.devtools.patient_clients.PatientRedis` that follows rotations: the provider
+    goes into the pool's connection options before the first connection is made, so every connection asks it."""
+    patient = PatientRedis(stop, port=port)
     patient.connection_pool.connection_kwargs["credential_provider"] = password
     return patient

@@ -38,15 +38,8 @@ import redis
 from microservices.allocation_target.proposal import LIVE_TARGET_PREFIX, PROPOSED_PREFIX, TARGET_FIELD
 from microservices.core.efficiency import EFFICIENCY_KEY_PREFIX
 from microservices.devtools.daemon_process import ROOT, daemon_env
-from microservices.devtools.plans import (
-    GROUP,
-    PLANS,
-    PatientRedis,
-    ProducerStoppedError,
-    outcome_violations,
-    publish,
-    stream_plan_set,
-)
+from microservices.devtools.patient_clients import PatientRedis, ProducerStoppedError
+from microservices.devtools.plans import GROUP, PLANS, outcome_violations, publish, stream_plan_set
 from microservices.devtools.redis_server import RedisServer
 
 GOVERNOR = "microservices.governor"
@@ -197,7 +190,7 @@ class _Disturbance:
 
     def _run(self, name: str) -> None:
         # the trickle and the contender ride out the outage as patient producers do; the outage has a plain client
-        client = self._server.client() if name == "outage" else PatientRedis(self._server.port, self._stop)
+        client = self._server.client() if name == "outage" else PatientRedis(self._stop, port=self._server.port)
         try:
             if name == "trickle":
                 publish(client, 10**6, symbols=150, seed=self._trial.seed + 1, prefix=f"t{self._trial.index}-late-",

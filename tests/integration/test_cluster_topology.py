@@ -31,8 +31,10 @@ import pytest
 import redis
 from redis.cluster import RedisCluster as ClusterClient
 
-from microservices.devtools.cluster_plans import ClusterPlanProducer, PermitPoller
 from microservices.devtools.daemon_process import DaemonProcess, daemon_env
+from microservices.devtools.patient_clients import on_cluster
+from microservices.devtools.permit_observer import PermitObserver
+from microservices.devtools.plan_producer import PlanProducer
 from microservices.devtools.plans import (
     EVENTS,
     GROUP,
@@ -332,10 +334,12 @@ def run_failover(cluster: RedisCluster, tmp_path: Path, *, min_replicas: str, lo
         env = {"GOV_MIN_REPLICAS": min_replicas, "GOV_CLAIM_IDLE_MS": "5000"}
         governors = start_governors(stack, cluster, tmp_path, 3, env)
         seed = 21 if lose_writes else 14
-        producer = ClusterPlanProducer(
-            "127.0.0.1", cluster.masters[0].port, symbols=40, seed=seed, pause=1 / PLANS_PER_SEC
-        )
-        poller = PermitPoller(cluster.client(), lambda: producer.published)
+        producer = PlanProducer(
+            on_cluster("127.0.0.1", cluster.masters[0].port), symbols=40, seed=seed, rate=PLANS_PER_SEC,
+            republish=False,
+        )  # fmt: skip
+        # the apply layer polls each plan_id for 5 s after it was published
+        poller = PermitObserver(cluster.client(), lambda: producer.plan_ids(within=5.0))
         stack.callback(poller.stop)
         producer.start()
         poller.start()
@@ -362,14 +366,14 @@ def run_failover(cluster: RedisCluster, tmp_path: Path, *, min_replicas: str, lo
         unconfirmed = sum(g.metric("quantum_govern_replication_unconfirmed_total") or 0 for g in governors)
         logs = "\n".join(g.log()[-1500:] for g in governors)
 
-    poller.final_pass([p.plan_id for p in producer.published if p.plan_id])
+    poller.look(producer.plan_ids())
     judged = judge(cluster, client, promoted, producer.client.accepted)
     problems, kinds, lost_xadds, lost_entries, lost_records = judged
     in_stream = len(stream_plan_set(as_redis(client)).entries)
     repeats = len(repeated_events(stream_entries(as_redis(client), EVENTS)))
     # when the apply layer first saw each permit (its created_at is when it was decided, which can precede its write
     # by the wait for the replicas' confirmation)
-    seen = sorted(at for at, _ in poller.first_seen.values())
+    seen = sorted(poller.first_seen.values())
     after_promotion = [t for t in seen if t > promoted_at]
     around = [t for t in seen if killed_at - 1 <= t]
     print(
@@ -386,7 +390,7 @@ def run_failover(cluster: RedisCluster, tmp_path: Path, *, min_replicas: str, lo
         f"{in_stream} in the stream; lost: {len(lost_xadds)} acknowledged XADDs ({len(lost_entries)} "
         f"entries decided or not), records of the failed master {len(lost_records)} {lost_records[:4]}, permits "
         f"the poller saw then lost {len(poller.vanished - poller.rewritten)}, rewritten byte for byte "
-        f"{len(poller.rewritten)}; DOUBLE PERMITS {poller.double_permits} {sorted(poller.doubles)[:4]}; outcomes "
+        f"{len(poller.rewritten)}; DOUBLE PERMITS {len(poller.doubles)} {sorted(poller.doubles)[:4]}; outcomes "
         f"{dict(kinds)}; events repeated identically {repeats}; poller rounds {poller.rounds}, errors "
         f"{poller.errors}; problems {problems[:6]}"
     )

@@ -17,7 +17,9 @@ from typing import Any, cast
 import pytest
 import redis
 
-from microservices.devtools.plans import PLANS, PlanProducer, events_count, settled, stream_plan_set
+from microservices.devtools.patient_clients import on_port
+from microservices.devtools.plan_producer import PlanProducer
+from microservices.devtools.plans import PLANS, events_count, settled, stream_plan_set
 from microservices.devtools.redis_server import RedisServer
 from tests.daemons import Daemon, daemon_env, run_once
 from tests.fault_util import GOVERNOR, UNTRIMMED_EVENTS
@@ -57,7 +59,7 @@ def test_governor_sigkilled_twenty_times_at_random_instants_loses_no_plan(tmp_pa
     rng = random.Random(seed)
     with RedisServer() as server:
         client = server.client()
-        producer = PlanProducer(server.port, symbols=SYMBOLS, seed=seed, pause=PRODUCER_PAUSE_SEC).start()
+        producer = PlanProducer(on_port(server.port), symbols=SYMBOLS, seed=seed, pause=PRODUCER_PAUSE_SEC).start()
         killed_holding = 0
         for life in range(KILLS):
             daemon = Daemon(GOVERNOR, governor_env(server, "gov-1"), tmp_path / f"governor-{life:02d}.log")
@@ -94,7 +96,7 @@ def test_a_replica_killed_again_and_again_leaves_its_plans_to_the_survivor(tmp_p
     claim = {"GOV_CLAIM_IDLE_MS": "500"}
     with RedisServer() as server:
         client = server.client()
-        producer = PlanProducer(server.port, symbols=SYMBOLS, seed=seed, pause=PRODUCER_PAUSE_SEC).start()
+        producer = PlanProducer(on_port(server.port), symbols=SYMBOLS, seed=seed, pause=PRODUCER_PAUSE_SEC).start()
         survivor = Daemon(GOVERNOR, governor_env(server, "gov-a", **claim), tmp_path / "survivor.log")
         try:
             for life in range(8):

@@ -24,11 +24,12 @@ from microservices.allocation_target.proposal import Proposal
 from microservices.allocation_target.proposer import Proposer, WritesRefusedError
 from microservices.allocation_target.settings import ProposerSettings
 from microservices.core.settings import load_settings
+from microservices.devtools.patient_clients import on_port
+from microservices.devtools.plan_producer import PlanProducer
 from microservices.devtools.plans import (
     DLQ,
     EVENTS,
     PLANS,
-    PlanProducer,
     PlanSet,
     entry_ms,
     events_count,
@@ -134,7 +135,7 @@ def test_redis_stopped_and_started_on_the_same_port_with_both_daemons_running(tm
     with RedisServer(port=free_port(), extra_args=AOF) as server:
         client = server.client()
         seed_targets(client)
-        producer = PlanProducer(server.port, symbols=SYMBOLS, seed=random.randrange(10**6), pause=0.005)
+        producer = PlanProducer(on_port(server.port), symbols=SYMBOLS, seed=random.randrange(10**6), pause=0.005)
         with both_daemons(server, tmp_path) as (governor, proposer):
             producer.start()
             governor.wait_for(lambda: events_count(client) >= 100, timeout=30, what="plans decided before the stop")
@@ -189,7 +190,7 @@ def test_redis_paused_past_both_socket_timeouts_while_plans_flow(tmp_path: Path)
     with RedisServer() as server:
         client = server.client()
         seed_targets(client)
-        producer = PlanProducer(server.port, symbols=SYMBOLS, seed=random.randrange(10**6), pause=0.005)
+        producer = PlanProducer(on_port(server.port), symbols=SYMBOLS, seed=random.randrange(10**6), pause=0.005)
         with both_daemons(server, tmp_path) as (governor, proposer):
             producer.start()
             governor.wait_for(lambda: events_count(client) >= 50, timeout=30, what="plans decided")
@@ -250,7 +251,7 @@ def test_writes_refused_for_a_burst_are_counted_logged_once_and_decided_after(fa
     with RedisServer() as server:
         client = server.client()
         seed_targets(client)
-        producer = PlanProducer(server.port, symbols=SYMBOLS, seed=random.randrange(10**6), pause=0.01)
+        producer = PlanProducer(on_port(server.port), symbols=SYMBOLS, seed=random.randrange(10**6), pause=0.01)
         with both_daemons(server, tmp_path) as (governor, proposer):
             producer.start()
             governor.wait_for(lambda: events_count(client) >= 50, timeout=30, what="plans decided")
@@ -455,7 +456,7 @@ def test_sigterm_while_redis_is_paused_mid_stream_exits_0_within_5s(tmp_path: Pa
         for trial, delay in enumerate((0.05, 0.6, 1.2)):
             env = {"GOV_CONSUMER": f"g{trial}", "GOV_BLOCK_MS": "5000"}
             governor = Daemon(GOVERNOR, daemon_env(server.url, env), tmp_path / f"governor{trial}.log")
-            producer = PlanProducer(server.port, symbols=SYMBOLS, seed=trial, pause=0.002, prefix=f"t{trial}-")
+            producer = PlanProducer(on_port(server.port), symbols=SYMBOLS, seed=trial, pause=0.002, prefix=f"t{trial}-")
             try:
                 governor.wait_for(lambda g=governor: healthz(g) == 200, what="healthy")  # type: ignore[misc]
                 producer.start()

@@ -18,10 +18,12 @@ from typing import cast
 import pytest
 import redis
 
+from microservices.devtools.patient_clients import through_sentinels
+from microservices.devtools.permit_observer import PermitObserver
+from microservices.devtools.plan_producer import PlanProducer
 from microservices.devtools.plans import EVENTS, GROUP, PLANS, events_count, outcome_violations, settled, stream_entries
 from microservices.devtools.plans import stream_plan_set as plans_in_stream
-from microservices.devtools.redis_sentinel import Failover, SentinelTopology
-from microservices.devtools.sentinel_plans import PermitObserver, SentinelPlanProducer, sentinel_master
+from microservices.devtools.redis_sentinel import Failover, SentinelTopology, sentinel_master
 from microservices.governor.records import PERMIT_KEY_PREFIX
 from tests.daemons import Daemon, daemon_env
 from tests.fault_util import GOVERNOR, LIVE, PROPOSED_STREAM, PROPOSER, UNTRIMMED_EVENTS
@@ -105,9 +107,10 @@ def test_a_sigkill_of_the_master_at_200_plans_a_second(tmp_path: Path, held: boo
             "REDIS_SENTINELS": topology.sentinels_env, "LOOP_INTERVAL_SEC": str(LOOP_INTERVAL_SEC),
             "REDIS_BACKOFF_MAX_SEC": str(BACKOFF_MAX_SEC),
         })  # fmt: skip
-        producer = SentinelPlanProducer(
-            topology.sentinel_addresses, symbols=SYMBOLS, seed=random.randrange(10**6), rate=RATE
-        )
+        producer = PlanProducer(
+            through_sentinels(topology.sentinel_addresses), symbols=SYMBOLS, seed=random.randrange(10**6), rate=RATE,
+            republish=False,
+        )  # fmt: skip
         follower = sentinel_master(topology.sentinel_addresses, socket_timeout=2)
         observer = PermitObserver(follower, producer.plan_ids, every=0.05)
         with (
@@ -136,7 +139,7 @@ def test_a_sigkill_of_the_master_at_200_plans_a_second(tmp_path: Path, held: boo
             proposer.wait_for(lambda: proposer.get("/healthz")[0] == 200, timeout=10, what="the proposer healthy")
             observer.stop()
             plan_ids = producer.plan_ids()
-            observer.look(new_master, plan_ids)  # a last look at every plan_id, on the master that survived
+            observer.look(plan_ids, new_master)  # a last look at every plan_id, on the master that survived
             assert governor.running and proposer.running  # neither exited
             unconfirmed = counter(governor, UNCONFIRMED)
             assert governor.terminate()[0] == 0 and proposer.terminate()[0] == 0
@@ -216,7 +219,7 @@ def test_a_failover_that_loses_the_last_decisions(tmp_path: Path, min_replicas: 
                 governor.wait_for(
                     lambda: permits_written(old_master, plan_ids) == HELD_PLANS, timeout=10, what="the permits"
                 )
-            observer.look(old_master, plan_ids)  # the apply layer reads the old master's permits
+            observer.look(plan_ids, old_master)  # the apply layer reads the old master's permits
             seen_before = len(observer.permitted)
             assert seen_before == (0 if min_replicas else HELD_PLANS)
 
@@ -229,7 +232,7 @@ def test_a_failover_that_loses_the_last_decisions(tmp_path: Path, min_replicas: 
                     lambda: settled(new_master) and permits_written(new_master, plan_ids) == HELD_PLANS,
                     timeout=30, what="every plan decided again, with its permit, on the new master",
                 )  # fmt: skip
-                observer.look(new_master, plan_ids)  # and then the new master's
+                observer.look(plan_ids, new_master)  # and then the new master's
                 problems, kinds = outcome_violations(new_master, plans_in_stream(new_master))
                 unconfirmed = counter(governor, UNCONFIRMED)
                 assert governor.running
