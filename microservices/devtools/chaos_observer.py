@@ -25,7 +25,13 @@ import redis
 
 from microservices.allocation_target.proposal import PROPOSED_PREFIX
 from microservices.core.redis_client import REDIS_ERRORS
-from microservices.devtools.invariants import MultiplierBounds, growth_violations, permit_changes, proposal_violations
+from microservices.devtools.invariants import (
+    MultiplierBounds,
+    double_permit_violations,
+    growth_violations,
+    proposal_violations,
+)
+from microservices.devtools.permit_observer import PermitObserver
 from microservices.devtools.plans import EVENTS, PLANS, text
 from microservices.governor.records import PERMIT_KEY_PREFIX
 
@@ -33,7 +39,7 @@ LOOK_EVERY_SEC = 0.5
 #: A permit is read again this long after it was first seen.
 LOOK_AGAIN_SEC = 5.0
 READ_COUNT = 2000
-#: Plan ids per pipelined round trip of the final pass.
+#: Plan ids per pipelined round trip.
 CHUNK = 1000
 
 Entry = tuple[bytes, dict[bytes, bytes]]
@@ -53,8 +59,8 @@ class ChaosObserver:
         self._say = say
         self.violations: list[str] = []
         self._seen: set[str] = set()
-        #: Each permitted plan_id's permit JSON as first read.
-        self.permits: dict[str, str] = {}
+        #: Every permit read, as the apply layer reads it (a round of its own per look, no thread).
+        self.permits = PermitObserver(client)
         self._again: deque[tuple[float, str]] = deque()
         self._cursors = {EVENTS: "0-0", proposals_stream: "0-0"}
         self._lengths: dict[str, list[int]] = {PLANS: [], EVENTS: []}
@@ -117,28 +123,17 @@ class ChaosObserver:
                 return found
 
     def _read_permits(self, plan_ids: list[str]) -> None:
-        if not plan_ids:
-            return
-        pipe = self._client.pipeline(transaction=False)
-        for plan_id in plan_ids:
-            pipe.get(PERMIT_KEY_PREFIX + plan_id)
-        looked: dict[str, str | None] = {}
-        for plan_id, raw in zip(plan_ids, pipe.execute(), strict=True):
-            permit = None if raw is None else text(raw)
-            if permit is not None:
-                self.permits.setdefault(plan_id, permit)
-            looked[plan_id] = permit
-        self.report(permit_changes(self.permits, looked))
+        self.permits.look(plan_ids, chunk=CHUNK)
+        self.report(double_permit_violations(self.permits.doubles))
 
     def final_pass(self) -> None:
         """Once the run is quiet: every event and proposal read, every permit seen read once more, no permit without
         its event, every shadow hash checked."""
         self.look()
-        plan_ids = list(self.permits)
-        for start in range(0, len(plan_ids), CHUNK):
-            self._read_permits(plan_ids[start : start + CHUNK])
+        permitted = self.permits.permitted
+        self._read_permits(sorted(permitted))
         keys = self._client.scan_iter(match=PERMIT_KEY_PREFIX + "*", count=1000)
-        orphans = sorted({text(k)[len(PERMIT_KEY_PREFIX) :] for k in keys} - set(self.permits))
+        orphans = sorted({text(k)[len(PERMIT_KEY_PREFIX) :] for k in keys} - permitted)
         if orphans:  # a permit and its event are written in one transaction: one never exists without the other
             self.report([f"{len(orphans)} permits without a permit event: {orphans[:10]}"])
         for key in self._client.scan_iter(match=PROPOSED_PREFIX + "*", count=1000):

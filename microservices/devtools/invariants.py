@@ -197,13 +197,13 @@ def proposal_violations(where: str, fields: Mapping[str, str], bounds: Multiplie
     return problems
 
 
-def permit_changes(first_seen: Mapping[str, str], looked: Mapping[str, str | None]) -> list[str]:
-    """A plan_id whose permit, read again, is not the one first read: two different permits for one plan (SPEC §3).
-    A permit gone (None) is not a change: its TTL, or a plan not permitted yet."""
+def double_permit_violations(doubles: Mapping[str, Sequence[str]]) -> list[str]:
+    """A plan_id whose permit, read again, was not the one first read: two different permits for one plan (SPEC §3),
+    one sentence per later value. (A permit gone is not a change: its TTL, or a plan not permitted yet.)"""
     return [
-        f"plan {plan_id} seen with two different permits: {first_seen[plan_id]} then {permit}"
-        for plan_id, permit in looked.items()
-        if permit is not None and plan_id in first_seen and permit != first_seen[plan_id]
+        f"plan {plan_id} seen with two different permits: {values[0]} then {permit}"
+        for plan_id, values in doubles.items()
+        for permit in values[1:]
     ]
 
 

@@ -4,6 +4,8 @@ worthless."""
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -19,12 +21,12 @@ from microservices.devtools.invariants import (
     ResourcePolicy,
     StopRecord,
     UnexpectedExit,
+    double_permit_violations,
     exit_violations,
     growth_violations,
     live_target_violations,
     lost_write_violations,
     pending_violations,
-    permit_changes,
     proposal_violations,
     proposer_metric_violations,
     recovery_violations,
@@ -32,7 +34,9 @@ from microservices.devtools.invariants import (
     stop_violations,
     tally_violations,
 )
+from microservices.devtools.permit_observer import PermitObserver
 from microservices.devtools.procstats import MB, Sample
+from microservices.governor.records import PERMIT_KEY_PREFIX
 
 BOUNDS = MultiplierBounds(min_mult=0.6, max_mult=1.4, base=1.0, scale=1.6)
 PARAMS = MultiplierParams(base=BOUNDS.base, scale=BOUNDS.scale, min_mult=BOUNDS.min_mult, max_mult=BOUNDS.max_mult)
@@ -138,18 +142,45 @@ def test_a_stale_reading_with_a_neutral_multiplier_passes_and_with_another_fails
     assert proposal_violations("p", bad, BOUNDS) == ["p: multiplier 1.4 with reason stale_eff, not 1.0"]
 
 
+class FakePermits:
+    """Permit keys in a dict, read through the one pipeline :class:`PermitObserver` uses: GETs only."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, bytes] = {}
+        self._queued: list[str] = []
+
+    def set(self, **permits: str) -> None:
+        self.keys = {PERMIT_KEY_PREFIX + plan_id: permit.encode() for plan_id, permit in permits.items()}
+
+    def pipeline(self, transaction: bool = True) -> FakePermits:
+        self._queued = []
+        return self
+
+    def get(self, key: str) -> None:
+        self._queued.append(key)
+
+    def execute(self, raise_on_error: bool = True) -> list[bytes | None]:
+        return [self.keys.get(key) for key in self._queued]
+
+
 def test_a_permit_read_again_and_found_different_is_reported() -> None:
-    first = {"p1": '{"plan_id": "p1", "created_at": 1.0}', "p2": '{"plan_id": "p2"}'}
-    looked: dict[str, str | None] = {
-        "p1": '{"plan_id": "p1", "created_at": 2.0}',
-        "p2": '{"plan_id": "p2"}',
-        "p3": None,
-    }
-    assert permit_changes(first, looked) == [
-        'plan p1 seen with two different permits: {"plan_id": "p1", "created_at": 1.0} then '
-        '{"plan_id": "p1", "created_at": 2.0}'
+    permits = FakePermits()
+    observer = PermitObserver(cast(Any, permits))
+    first, second = '{"plan_id": "p1", "created_at": 1.0}', '{"plan_id": "p1", "created_at": 2.0}'
+    permits.set(p1=first, p2="{}")
+    observer.look(["p1", "p2", "p3"])
+    permits.set(p1=second, p2="{}")
+    observer.look(["p1", "p2", "p3"])
+    assert double_permit_violations(observer.doubles) == [
+        f"plan p1 seen with two different permits: {first} then {second}"
     ]
-    assert permit_changes(first, {"p1": None}) == []  # expired: no second permit
+    assert observer.permitted == {"p1", "p2"}
+    permits.set(p2="{}")
+    observer.look(["p1", "p2"])  # expired: no second permit, but gone
+    assert list(observer.doubles) == ["p1"] and observer.vanished == {"p1"} and observer.rewritten == set()
+    permits.set(p1=second)
+    observer.look(["p1"])  # the same bytes again: written again
+    assert observer.rewritten == {"p1"} and observer.doubles == {"p1": [first, second]}
 
 
 def test_a_stream_that_shrinks_lost_writes() -> None:
