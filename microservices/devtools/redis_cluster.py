@@ -21,7 +21,6 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 import redis
@@ -31,6 +30,7 @@ from redis.retry import Retry
 
 from microservices.devtools.latency_proxy import LatencyProxy
 from microservices.devtools.redis_server import RedisServer
+from microservices.devtools.server_process import StartedAndClosed
 
 #: How long a node may not answer before the others judge it failing; a failover follows within a few times this.
 NODE_TIMEOUT_MS = 1000
@@ -53,7 +53,7 @@ class FailoverTimeoutError(RuntimeError):
     """The cluster did not reach the wanted state in time."""
 
 
-class RedisCluster:
+class RedisCluster(StartedAndClosed):
     """Three masters with one replica each, as six ``redis-server`` processes on free loopback ports."""
 
     def __init__(
@@ -92,18 +92,6 @@ class RedisCluster:
         for proxy in self._proxies.values():
             proxy.close()
         self._proxies.clear()
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     # --- what it is made of -----------------------------------------------------------------------------------------
 

@@ -20,7 +20,6 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Self, cast
 
 import redis
@@ -31,6 +30,7 @@ from redis.sentinel import Sentinel
 
 from microservices.devtools.latency_proxy import LatencyProxy
 from microservices.devtools.redis_server import RedisServer
+from microservices.devtools.server_process import StartedAndClosed
 
 MASTER_NAME = "mymaster"
 QUORUM = 2
@@ -106,7 +106,7 @@ class RedisSentinel(RedisServer):
         )
 
 
-class SentinelTopology:
+class SentinelTopology(StartedAndClosed):
     """``with SentinelTopology() as topology:`` — a master (behind a proxy, see the module's doc), two replicas and
     three sentinels, every one a real process on a free loopback port; :meth:`close` leaves none of them, nor their
     directories.
@@ -196,18 +196,6 @@ class SentinelTopology:
             server.close()
         if self.proxy is not None:
             self.proxy.close()
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     # --- addresses and clients -------------------------------------------------------------------------------------
 

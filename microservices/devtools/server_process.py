@@ -1,5 +1,6 @@
 """What every throwaway server of the devtools shares: a private temporary directory, one child process, and the
-way both are given back (stop, then remove the directory), so that ``with`` never leaves either behind."""
+way both are given back (stop, then remove the directory), so that ``with`` never leaves either behind; and the
+``with`` of anything started and closed (:class:`StartedAndClosed`: a server, a topology of several)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,31 @@ from types import TracebackType
 from typing import Any, Self
 
 
-class ServerProcess(ABC):
+class StartedAndClosed(ABC):
+    """What ``with`` starts and, however the block ends (or if it never came up), closes: a server, a topology."""
+
+    @abstractmethod
+    def start(self) -> Self:
+        """Bring it up and return once it serves."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop it and give back all it holds; safe on what was started only in part."""
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class ServerProcess(StartedAndClosed):
     """A server run as a child process in its own temporary directory; :meth:`start` is the subclass's to write.
 
     ``with Server(...) as server:`` starts it and, however the block ends (or if it never came up), stops it and
@@ -64,15 +89,3 @@ class ServerProcess(ABC):
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self._dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
