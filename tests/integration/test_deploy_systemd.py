@@ -8,7 +8,7 @@ network is the host's). Three checkouts of this working tree are installed into 
 The module shares one VPS, in order: what ``r1`` shows once installed (1-6, 10), then the refused install (5), the
 upgrade under load (7), the broken release and the rollbacks (8), and ``uninstall`` (9); the deployment before P3.1
 gets a VPS of its own. Where this machine cannot boot systemd the whole module is skipped with the reason, which
-``tests/integration/conftest.py`` repeats in the last lines of the run.
+``tests/conftest.py`` repeats in the last lines of the run.
 """
 
 from __future__ import annotations
