@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import random
-import threading
 import time
 from collections import Counter
 
@@ -20,7 +19,7 @@ import redis
 
 from microservices.allocation_target.proposal import LIVE_TARGET_PREFIX, TARGET_FIELD
 from microservices.core.efficiency import EFFICIENCY_KEY_PREFIX
-from microservices.devtools.patient_clients import ProducerStoppedError
+from microservices.devtools.background import Background, Producer
 from microservices.devtools.plans import publish
 from microservices.devtools.rotating_password import RotatingPassword, patient_client
 
@@ -36,46 +35,26 @@ def symbol(i: int) -> str:
     return f"S{i}"
 
 
-class PlanLoad:
+class PlanLoad(Producer):
     """A thread publishing plans in chunks of varying rate and spread until :meth:`stop`."""
 
     def __init__(self, port: int, password: RotatingPassword, *, seed: int, symbols: int, max_rate: float) -> None:
-        self._stop = threading.Event()
+        super().__init__("plan-load", "the plan load")
         self.client = patient_client(port, password, self._stop)
         self._rng = random.Random(seed)
         self._symbols = symbols
         self._max_rate = max_rate
         self.chunks = 0
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="plan-load", daemon=True)
 
-    def start(self) -> PlanLoad:
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
+    def _produce(self) -> None:
         rng = self._rng
-        try:
-            while not self._stop.is_set():
-                rate = math.exp(rng.uniform(math.log(MIN_RATE), math.log(self._max_rate)))
-                count = max(1, round(rate * rng.uniform(*CHUNK_SEC)))
-                spread = rng.randint(2, self._symbols)
-                prefix = f"c{self.chunks}-"
-                publish(self.client, count, symbols=spread, seed=rng.randrange(2**32), prefix=prefix, pause=1 / rate)
-                self.chunks += 1
-        except ProducerStoppedError:
-            pass
-        except BaseException as exc:  # reported by stop(): a load that died would make the run vacuous
-            self.error = exc
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-        self.client.close()
-        if self.error is not None:
-            raise RuntimeError(f"the plan load failed: {self.error!r}") from self.error
-        if self._thread.is_alive():
-            raise RuntimeError("the plan load did not stop")
+        while not self._stop.is_set():
+            rate = math.exp(rng.uniform(math.log(MIN_RATE), math.log(self._max_rate)))
+            count = max(1, round(rate * rng.uniform(*CHUNK_SEC)))
+            spread = rng.randint(2, self._symbols)
+            prefix = f"c{self.chunks}-"
+            publish(self.client, count, symbols=spread, seed=rng.randrange(2**32), prefix=prefix, pause=1 / rate)
+            self.chunks += 1
 
 
 def efficiency_fields(rng: random.Random, now: float, stale_sec: float) -> dict[str, str] | None:
@@ -105,7 +84,7 @@ def target_value(rng: random.Random) -> str:
     return f"{rng.uniform(0, 20000):.2f}"
 
 
-class MarketChurn:
+class MarketChurn(Background):
     """A thread changing one efficiency reading or live target at a time until :meth:`stop`.
 
     :attr:`written` holds each live target as its last acknowledged write left it (None: deleted); a symbol whose
@@ -113,6 +92,7 @@ class MarketChurn:
     write is acknowledged."""
 
     def __init__(self, client: redis.Redis, *, seed: int, symbols: int, stale_sec: float) -> None:
+        super().__init__("market-churn")
         self._client = client
         self._rng = random.Random(seed)
         self._symbols = [symbol(i) for i in range(symbols)]
@@ -121,8 +101,6 @@ class MarketChurn:
         self.unsure: set[str] = set()
         self.changes: Counter[str] = Counter()
         self.refused = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="market-churn", daemon=True)
 
     def seed(self) -> None:
         """Before the daemons start: two thirds of the symbols live, every one with a reading."""
@@ -130,14 +108,6 @@ class MarketChurn:
             self._write_efficiency(name)
             if self._rng.random() < 2 / 3:
                 self._write_target(name, f"{self._rng.uniform(10, 20000):.2f}")
-
-    def start(self) -> MarketChurn:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
 
     def _run(self) -> None:
         rng = self._rng

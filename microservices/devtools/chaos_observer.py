@@ -15,7 +15,6 @@ permit reads over every plan_id seen, checks that no permit key exists without i
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -25,6 +24,7 @@ import redis
 
 from microservices.allocation_target.proposal import PROPOSED_PREFIX
 from microservices.core.redis_client import REDIS_ERRORS
+from microservices.devtools.background import Background
 from microservices.devtools.invariants import (
     MultiplierBounds,
     double_permit_violations,
@@ -49,10 +49,11 @@ def _fields(raw: dict[bytes, bytes]) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in raw.items()}
 
 
-class ChaosObserver:
+class ChaosObserver(Background):
     def __init__(
         self, client: redis.Redis, *, proposals_stream: str, bounds: MultiplierBounds, say: Callable[[str], None]
     ) -> None:
+        super().__init__("observer")
         self._client = client
         self._proposals = proposals_stream
         self._bounds = bounds
@@ -66,16 +67,6 @@ class ChaosObserver:
         self._lengths: dict[str, list[int]] = {PLANS: [], EVENTS: []}
         self.proposals_checked = 0
         self.rounds = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="observer", daemon=True)
-
-    def start(self) -> ChaosObserver:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
 
     def report(self, problems: list[str]) -> None:
         for problem in problems:

@@ -11,6 +11,7 @@ from typing import Any, cast
 
 import redis
 
+from microservices.devtools.background import Background
 from microservices.devtools.patient_clients import CLUSTER_REFUSED, REFUSED
 from microservices.devtools.plans import AnyRedis, text
 from microservices.governor.records import PERMIT_KEY_PREFIX
@@ -21,7 +22,7 @@ ROUND_ERRORS: tuple[type[Exception], ...] = (*REFUSED, *CLUSTER_REFUSED, redis.R
 
 
 @dataclass
-class PermitObserver:
+class PermitObserver(Background):
     """Every distinct permit seen per plan_id, in order. A plan_id with two values had two different permits; one
     seen and later found missing vanished (a failover lost it); one seen again after that was written again (the same
     bytes, or it would have two values).
@@ -43,17 +44,8 @@ class PermitObserver:
     rounds: int = 0
 
     def __post_init__(self) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="permit-observer", daemon=True)
+        super().__init__("permit-observer")
         self._lock = threading.Lock()
-
-    def start(self) -> PermitObserver:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
 
     def _run(self) -> None:
         while not self._stop.wait(self.every):

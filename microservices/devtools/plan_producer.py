@@ -5,14 +5,14 @@ the sentinels name, a Redis Cluster: ``connect``), at a pause or a rate, until s
 from __future__ import annotations
 
 import itertools
-import threading
 import time
 
-from microservices.devtools.patient_clients import Connect, ProducerStoppedError
+from microservices.devtools.background import Producer
+from microservices.devtools.patient_clients import Connect
 from microservices.devtools.plans import Published, publish
 
 
-class PlanProducer:
+class PlanProducer(Producer):
     """A thread publishing the plan mix over ``symbols`` symbols until :meth:`stop`: one XADD every ``pause`` seconds,
     or ``rate`` a second on an absolute schedule; with ``republish=False`` every plan_id is new (3 % of the entries
     still have none). :attr:`published` grows as Redis acknowledges each entry."""
@@ -28,24 +28,17 @@ class PlanProducer:
         prefix: str = "p",
         republish: bool = True,
     ) -> None:
-        self._stop = threading.Event()
+        super().__init__("plan-producer", "the producer")
         self.client = connect(self._stop)
         self._symbols, self._seed, self._pause, self._rate = symbols, seed, pause, rate
         self._prefix, self._republish = prefix, republish
         self.published: list[Published] = []
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="plan-producer", daemon=True)
 
-    def _run(self) -> None:
-        try:
-            publish(
-                self.client, None, symbols=self._symbols, seed=self._seed, prefix=self._prefix, pause=self._pause,
-                rate=self._rate, republish=self._republish, stop=self._stop, into=self.published,
-            )  # fmt: skip
-        except ProducerStoppedError:
-            pass
-        except BaseException as exc:  # reported by stop(): a producer that died would make the test vacuous
-            self.error = exc
+    def _produce(self) -> None:
+        publish(
+            self.client, None, symbols=self._symbols, seed=self._seed, prefix=self._prefix, pause=self._pause,
+            rate=self._rate, republish=self._republish, stop=self._stop, into=self.published,
+        )  # fmt: skip
 
     def plan_ids(self, within: float | None = None) -> list[str]:
         """Every plan_id published so far (or in the last ``within`` seconds), once each, in order."""
@@ -54,16 +47,3 @@ class PlanProducer:
             cutoff = time.time() - within
             published = list(reversed(list(itertools.takewhile(lambda p: p.at >= cutoff, reversed(published)))))
         return [plan_id for plan_id in dict.fromkeys(p.plan_id for p in published) if plan_id]
-
-    def start(self) -> PlanProducer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-        self.client.close()
-        if self.error is not None:
-            raise RuntimeError(f"the producer failed: {self.error!r}") from self.error
-        if self._thread.is_alive():
-            raise RuntimeError("the producer did not stop")
