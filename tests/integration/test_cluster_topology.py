@@ -249,7 +249,7 @@ def permits_missing(client: ClusterClient) -> set[str]:
     return {plan_id for plan_id, n in zip(permitted, pipe.execute(), strict=True) if not n}
 
 
-def wait_for_held_permits(client: ClusterClient, timeout: float = 5.0) -> None:
+def wait_for_held_permits(client: ClusterClient, timeout: float = 15.0) -> None:
     """With GOV_MIN_REPLICAS a plan's event comes before its permit, which waits for its batch's confirmation: wait
     until every permitted plan's permit is in, or stop coming."""
     deadline = time.monotonic() + timeout

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 import pytest
 import redis
@@ -99,6 +100,10 @@ def test_the_proxy_keeps_held_bytes_until_released_and_drops_them_when_closed() 
             sock.settimeout(0.3)
             sock.sendall(b"before")
             assert sock.recv(100) == b"before"
+            # the link forwards from its creation, before the accepting thread records it: the echo can come first
+            deadline = time.monotonic() + 5
+            while not proxy._links and time.monotonic() < deadline:
+                time.sleep(0.01)
             (link,) = proxy._links
             assert proxy.hold({link.upstream_local_port + 1}) == 0  # another connection's port: nothing held
             assert proxy.hold({link.upstream_local_port}) == 1
