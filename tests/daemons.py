@@ -5,7 +5,8 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from microservices.devtools.daemon_process import ROOT, DaemonProcess, daemon_env
@@ -27,7 +28,17 @@ def run_once(
 
 #: The daemon-as-a-process helper and its clean environment are shared with the demo and the scripts.
 Daemon = DaemonProcess
-__all__ = ["Daemon", "NotifySocket", "assert_systemd_lifecycle", "daemon_env", "run_once"]
+__all__ = ["Daemon", "NotifySocket", "assert_systemd_lifecycle", "daemon_env", "run_once", "wait_until"]
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 15.0, what: str = "condition") -> None:
+    """Poll ``predicate`` until it is true; fail the test naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"not reached within {timeout:g}s: {what}")
 
 
 class NotifySocket:

@@ -29,7 +29,7 @@ from microservices.governor.batch import BatchIO, GateUpdate
 from microservices.governor.gate import GATE_KEY_PREFIX, GateState
 from microservices.governor.service import make_metrics
 from microservices.governor.settings import GovernorSettings
-from tests.daemons import Daemon, daemon_env
+from tests.daemons import Daemon, daemon_env, wait_until
 from tests.redis_util import hset_text, stream_entries
 
 MODULE = "microservices.governor"
@@ -52,15 +52,6 @@ GATE = {
 def cluster() -> Iterator[RedisServer]:
     with RedisServer(cluster=True) as server:
         yield server
-
-
-def wait_until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"no {what} within {timeout:g}s")
 
 
 def healthy(daemon: Daemon) -> bool:

@@ -18,7 +18,7 @@ import redis
 
 from microservices.devtools.redis_cluster import RedisCluster
 from microservices.devtools.redis_server import RedisServer
-from tests.daemons import Daemon, daemon_env, run_once
+from tests.daemons import Daemon, daemon_env, run_once, wait_until
 from tests.redis_util import hset_text, stream_entries
 
 MODULE = "microservices.governor"
@@ -30,15 +30,6 @@ PROBE = "quantum:governor:replication-probe:"
 UNCONFIRMED = "quantum_govern_replication_unconfirmed_total"
 CONSUMER = "gov-repl"
 REPLICATED = {"GOV_MIN_REPLICAS": "1", "GOV_REPLICA_WAIT_MS": "100", "GOV_CONSUMER": CONSUMER}
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 15, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"no {what} within {timeout:g}s")
 
 
 @pytest.fixture

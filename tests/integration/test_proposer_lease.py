@@ -13,7 +13,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import cast
@@ -28,11 +28,11 @@ from microservices.allocation_target.proposal import Proposal, Skip
 from microservices.allocation_target.proposer import LeaseLostError, Proposer
 from microservices.allocation_target.settings import ProposerSettings
 from microservices.core.settings import load_settings
-from microservices.devtools.daemon_process import DaemonFailedError, metric_value
+from microservices.devtools.daemon_process import metric_value
 from microservices.devtools.latency_proxy import LatencyProxy
 from microservices.devtools.redis_cluster import RedisCluster
 from microservices.devtools.redis_server import RedisServer
-from tests.daemons import Daemon, daemon_env
+from tests.daemons import Daemon, daemon_env, wait_until
 from tests.redis_util import hset_text
 
 pytestmark = pytest.mark.topology
@@ -84,15 +84,6 @@ def proposed(text: str) -> float:
     return sum(
         float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("p29_shadow_proposed_total{")
     )
-
-
-def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise DaemonFailedError(f"not reached within {timeout:g}s: {what}")
 
 
 def the_leader(daemons: Sequence[Daemon]) -> Daemon:
