@@ -24,10 +24,9 @@ _URL_DELIMITERS = re.compile(r"[/?#]")
 
 def secret_values(environ: Mapping[str, str]) -> frozenset[str]:
     """The Redis credentials in ``environ`` (``REDIS_PASSWORD``, ``REDIS_SENTINEL_PASSWORD``, the password of
-    ``REDIS_URL``), as every text a
-    log line could show them in: raw and percent-decoded, and, for a URL that does not parse as meant (a password
-    with an unencoded ``/``, ``#`` or ``?``), each piece the parsers could quote. Read leniently from the raw
-    environment, so a URL that the settings refuse is covered too."""
+    ``REDIS_URL``), as every text a log line could show them in: raw and percent-decoded, and, for a URL that does not
+    parse as meant (a password with an unencoded ``/``, ``#`` or ``?``), each piece the parsers could quote. Read
+    leniently from the raw environment, so a URL that the settings refuse is covered too."""
     passwords = [environ.get("REDIS_PASSWORD") or "", environ.get("REDIS_SENTINEL_PASSWORD") or ""]
     url = environ.get("REDIS_URL") or ""
     with contextlib.suppress(ValueError):  # e.g. an unbalanced [ in the host: the lenient reading below still applies

@@ -30,7 +30,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any, cast
 
 import redis
@@ -38,20 +37,13 @@ from redis.client import Pipeline
 from redis.exceptions import ResponseError, WatchError
 
 from microservices.core.http_server import HealthState
-from microservices.core.logs import LogThrottle
 from microservices.core.redis_client import REDIS_ERRORS, RedisClient
 from microservices.governor.batch import PERMIT, BatchIO, Decided, Delivery, Parsed, gate_key, gate_updates
 from microservices.governor.decision import Event, Outcome, Reason
 from microservices.governor.metrics import BatchTally, GovernorMetrics
 from microservices.governor.plan import entry_time
 from microservices.governor.records import OutcomeMarker
-from microservices.governor.replication import (
-    HeldPermits,
-    PermitWrite,
-    Replicas,
-    ReplicationUnconfirmedError,
-    write_permits,
-)
+from microservices.governor.replication import HeldPermitWriter, PermitWrite, Replicas
 from microservices.governor.settings import GovernorSettings
 
 log = logging.getLogger(__name__)
@@ -148,19 +140,19 @@ class Governor:
         self._next_gauges = 0.0
         self._next_summary = monotonic() + SUMMARY_EVERY_SEC
         self._summary: Counter[str] = Counter()
-        #: Where /healthz learns that permits are held back (GOV_MIN_REPLICAS).
-        self._health = health
-        #: GOV_MIN_REPLICAS > 0: a batch's decisions are confirmed by replicas before its permits are written.
-        self._replicas = (
+        #: GOV_MIN_REPLICAS > 0: a batch's decisions are confirmed by replicas before its permits are written; they
+        #: wait here meanwhile, and /healthz (``health``) says so.
+        replicas = (
             Replicas(client, self._consumer, settings.min_replicas, settings.replica_wait_ms)
             if settings.min_replicas > 0
             else None
         )
-        #: The permits of the last batch, while its decisions are not confirmed: see :meth:`_release_held`.
-        self._held: HeldPermits | None = None
+        self._permits = HeldPermitWriter(
+            client, replicas, metrics, consumer=self._consumer, permit_ttl_sec=settings.permit_ttl_sec, clock=clock,
+            monotonic=monotonic, health=health,
+        )  # fmt: skip
         #: The permits of the batch whose EXEC reply never came (:attr:`_unconfirmed`).
         self._unconfirmed_permits: tuple[PermitWrite, ...] = ()
-        self._throttle = LogThrottle(60.0)
 
     # --- the runner's step ----------------------------------------------------------------------------------------
 
@@ -171,7 +163,7 @@ class Governor:
         try:
             self._ensure_group()
             self._count_unconfirmed_write()
-            if not self._release_held():  # safety over liveness: no new plan is decided while permits wait
+            if not self._permits.release():  # safety over liveness: no new plan is decided while permits wait
                 self._refresh_gauges()
                 return 0
             deliveries = self._next_pending() or self._next_claimed()
@@ -208,7 +200,7 @@ class Governor:
                 total += len(deliveries)
                 if _entry_key(deliveries[-1].entry_id) >= last:  # what the stream held at the start is decided
                     break
-            self._require_released()
+            self._permits.require_released()
             self._refresh_gauges(force=True)
             return total
         except BaseException as exc:
@@ -381,7 +373,7 @@ class Governor:
         """Decide and write a batch; the plans another writer's change made stale are decided again: all of them
         after a WATCH conflict (single Redis), those of the symbols whose gate changed since it was read under a
         cluster (:meth:`_write_in_cluster`)."""
-        self._require_released()
+        self._permits.require_released()
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 decided, finished, again = self._decide_and_write(parsed)
@@ -393,7 +385,7 @@ class Governor:
                 continue
             self._account(decided, finished)
             if not again:
-                self._release_held()
+                self._permits.release()
                 return
             self._metrics.conflicts.inc()
             log.debug("batch of %d plans: a symbol's gate changed since it was read, deciding its %d plan(s) again "
@@ -442,7 +434,7 @@ class Governor:
             kinds: list[tuple[str, Decided]] = []
             for item in decided:
                 queued = self._io.queue_records(
-                    pipe, item, now, primary=True, secondary=True, permit=self._replicas is None
+                    pipe, item, now, primary=True, secondary=True, permit=not self._permits.enabled
                 )
                 kinds += [(kind, item) for kind in queued]
             if decided:
@@ -459,7 +451,7 @@ class Governor:
                     self._unconfirmed, self._unconfirmed_permits = [], ()
                 raise
             self._unconfirmed, self._unconfirmed_permits = [], ()
-            self._hold(permits, frozenset())
+            self._permits.hold(permits, frozenset())
             self._report_failed_writes(kinds, replies)
             return list(decided), []
         return self._write_in_cluster(decided, now)
@@ -487,7 +479,7 @@ class Governor:
         if ran:
             log.info("the unconfirmed write of a batch of %d plans happened: its outcomes are counted now", len(batch))
             self._account(batch, self._clock())
-            self._hold(permits, frozenset())
+            self._permits.hold(permits, frozenset())
 
     def _write_in_cluster(self, decided: Sequence[Decided], now: float) -> tuple[list[Decided], list[Decided]]:
         """Under a cluster, where one transaction cannot span the batch's slots: first each symbol's gate, by a
@@ -498,7 +490,7 @@ class Governor:
         failed stays pending."""
         failed: set[int] = set()
         taken: set[int] = set()  # a permit SET NX found in place: another writer decided the plan first
-        replicated = self._replicas is not None
+        replicated = self._permits.enabled
         keys: set[str] | None = {self._stream} if replicated else None  # where the batch's decisions went
         stale_symbols = self._set_gates(decided, failed, keys)
         stale = {i for i, item in enumerate(decided) if item.gate_symbol in stale_symbols}
@@ -524,7 +516,7 @@ class Governor:
             acks = self._client.pipeline(transaction=False)
             acks.xack(self._stream, self._group, *[d.delivery.entry_id for d in acked])
             acks.execute()
-            self._hold(self._permit_writes(acked, now), frozenset(keys or ()))
+            self._permits.hold(self._permit_writes(acked, now), frozenset(keys or ()))
         if failed:
             raise redis.RedisError(f"{len(failed)} plan(s) left pending: their outcome could not be written")
         return acked, [decided[i] for i in sorted(stale)]
@@ -550,97 +542,13 @@ class Governor:
 
     def _permit_writes(self, decided: Sequence[Decided], now: float) -> tuple[PermitWrite, ...]:
         """The batch's permits as decided, when they are to wait for its decisions' confirmation; else none."""
-        if self._replicas is None:
+        if not self._permits.enabled:
             return ()
         return tuple(permit for item in decided if (permit := self._io.permit_write(item, now)) is not None)
 
-    def _hold(self, permits: tuple[PermitWrite, ...], keys: frozenset[str]) -> None:
-        """Keep a written batch's permits until replicas confirm its decisions (:meth:`_release_held`)."""
-        if not permits:
-            return
-        held = self._held
-        if held is None:
-            self._held = HeldPermits(permits, keys, self._monotonic())
-        else:  # not released yet (a batch's plans decided again, or a failure that cut a release short): one wait
-            self._held = replace(held, permits=held.permits + permits, keys=held.keys | keys)
-
-    def _release_held(self) -> bool:
-        """Confirm the held batch's decisions with WAIT and, once confirmed, write its permits; True when nothing
-        is held any more. Not confirmed in time: counted once per batch, logged (throttled), and /healthz says why;
-        the next call tries again. A Redis error leaves the permits held and is raised."""
-        held, replicas = self._held, self._replicas
-        if held is None or replicas is None:
-            return True
-        try:
-            confirmation = replicas.confirm(held.keys, [permit.marker_key for permit in held.permits])
-        except REDIS_ERRORS as exc:
-            self._set_blocked(self._held_reason(held, f"replicas could not be asked ({type(exc).__name__})"))
-            raise
-        acked = confirmation.acked
-        if acked < replicas.min_replicas:
-            if not held.counted:
-                self._metrics.replication_unconfirmed.inc()
-                held = self._held = replace(held, counted=True)
-            reason = self._held_reason(
-                held, f"{acked} of {replicas.min_replicas} replica(s) confirmed within {replicas.wait_ms} ms"
-            )
-            self._throttle.log(log, logging.WARNING, "unconfirmed", "%s", reason)
-            self._set_blocked(reason)
-            return False
-        try:
-            result = write_permits(self._client, held.permits, confirmation.values, self._consumer, self._clock())
-        except REDIS_ERRORS as exc:
-            self._set_blocked(self._held_reason(held, f"confirmed, but the permits could not be written ({exc})"))
-            raise
-        self._held = None
-        self._set_blocked(None)
-        if held.counted:
-            log.info("replicas confirmed a batch's decisions after %.1fs: %d held permit(s) written",
-                     self._monotonic() - held.since, len(result.written))  # fmt: skip
-        if result.existing:
-            self._metrics.redis_errors.inc(len(result.existing))
-            log.error("%d held permit(s) found in place already, not written: %s", len(result.existing),
-                      ", ".join(result.existing[:5]))  # fmt: skip
-        if result.expired:
-            log.warning("%d held permit(s) not written: replicas confirmed their decisions only after PERMIT_TTL_SEC "
-                        "(%ds) had run out since they were decided; the apply layer times out on them: %s",
-                        len(result.expired), self._settings.permit_ttl_sec, ", ".join(result.expired[:5]))  # fmt: skip
-        if result.decision_lost:
-            log.warning("%d held permit(s) not written: their decision is no longer in Redis (a failover lost it "
-                        "before replicas confirmed it); a plan still pending is decided again: %s",
-                        len(result.decision_lost), ", ".join(result.decision_lost[:5]))  # fmt: skip
-        return True
-
-    def _require_released(self) -> None:
-        """No batch is decided while permits wait: ``--once`` (which has no health to report through) fails, to be
-        retried by the runner, and gives up after 10 s as without Redis."""
-        if not self._release_held():
-            held = len(self._held.permits) if self._held is not None else 0
-            raise ReplicationUnconfirmedError(f"{held} permit(s) wait for replicas to confirm their decisions")
-
-    def _held_reason(self, held: HeldPermits, why: str) -> str:
-        return (f"{len(held.permits)} permit(s) held for {self._monotonic() - held.since:.1f}s until replicas "
-                f"confirm their batch's decisions; no new plan is decided meanwhile: {why}")  # fmt: skip
-
-    def _set_blocked(self, reason: str | None) -> None:
-        if self._health is not None:
-            self._health.set_blocked(reason)
-
     def stop(self) -> None:
-        """On shutdown: one last try to write held permits; else say which plan_ids' permits were not written
-        (their decisions stand; the apply layer times out on them, which SPEC §9 accepts)."""
-        if self._held is None:
-            return
-        try:
-            if self._release_held():
-                return
-        except REDIS_ERRORS as exc:
-            log.warning("last try to confirm held permits failed: %s: %s", type(exc).__name__, exc)
-        held = self._held
-        if held is not None:
-            log.error("stopping with %d permit(s) not written, their batch's decisions unconfirmed by replicas (the "
-                      "decisions stand; the apply layer times out on them): plan_ids %s", len(held.permits),
-                      " ".join(held.plan_ids))  # fmt: skip
+        """On shutdown: one last try to write held permits (:meth:`HeldPermitWriter.stop`)."""
+        self._permits.stop()
 
     def _hold_unwritable_dead_letters(self, decided: list[Decided]) -> list[Decided]:
         """The batch without its dead letters when the dead-letter stream cannot take them (a key of another type

@@ -17,17 +17,23 @@ asked, with a probe key in one of its own slots.
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
-from microservices.core.redis_client import RedisClient
+from microservices.core.http_server import HealthState
+from microservices.core.logs import LogThrottle
+from microservices.core.redis_client import REDIS_ERRORS, RedisClient
 from microservices.governor.decision import Event
+from microservices.governor.metrics import GovernorMetrics
 from microservices.governor.records import OutcomeMarker
+
+log = logging.getLogger(__name__)
 
 PROBE_KEY_PREFIX = "quantum:governor:replication-probe:"
 #: The probe key only needs to outlive its WAIT.
@@ -128,11 +134,13 @@ class Replicas:
         try:
             nodes: dict[str, ClusterNode] = {}
             on_node: dict[str, list[str]] = {}
-            for key in (*keys, *reads):
+            for key in keys:
                 node = cast(ClusterNode, client.get_node_from_key(key))  # type: ignore[no-untyped-call]
                 nodes.setdefault(node.name, node)
             for key in reads:
-                on_node.setdefault(self._node_of(client, key), []).append(key)
+                node = cast(ClusterNode, client.get_node_from_key(key))  # type: ignore[no-untyped-call]
+                nodes.setdefault(node.name, node)
+                on_node.setdefault(node.name, []).append(key)
             acked, values = self.min_replicas, {}
             for node in nodes.values():
                 server = client.get_redis_connection(node)
@@ -217,3 +225,129 @@ def write_permits(
 
 class ReplicationUnconfirmedError(redis.RedisError):
     """``--once`` cannot go on: permits wait for replicas to confirm their batch's decisions."""
+
+
+class HeldPermitWriter:
+    """The governor's permits that wait for their batch's decisions to be confirmed (``GOV_MIN_REPLICAS`` > 0): it
+    holds them (:meth:`hold`), confirms and writes them (:meth:`release`), and keeps ``/healthz`` told while they
+    wait. With ``replicas`` None (``GOV_MIN_REPLICAS=0``) it holds nothing and every call is a no-op."""
+
+    def __init__(
+        self,
+        client: RedisClient,
+        replicas: Replicas | None,
+        metrics: GovernorMetrics,
+        *,
+        consumer: str,
+        permit_ttl_sec: int,
+        clock: Callable[[], float],
+        monotonic: Callable[[], float],
+        health: HealthState | None = None,
+    ) -> None:
+        self._client = client
+        self._replicas = replicas
+        self._metrics = metrics
+        self._consumer = consumer
+        self._permit_ttl_sec = permit_ttl_sec
+        self._clock = clock
+        self._monotonic = monotonic
+        self._health = health
+        self._throttle = LogThrottle(60.0)
+        #: The permits of the batches written since the last confirmation.
+        self._held: HeldPermits | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether permits wait for confirmation: a batch's permits are then left out of its writes."""
+        return self._replicas is not None
+
+    def hold(self, permits: tuple[PermitWrite, ...], keys: frozenset[str]) -> None:
+        """Keep a written batch's permits until replicas confirm its decisions (:meth:`release`)."""
+        if not permits:
+            return
+        held = self._held
+        if held is None:
+            self._held = HeldPermits(permits, keys, self._monotonic())
+        else:  # not released yet (a batch's plans decided again, or a failure that cut a release short): one wait
+            self._held = replace(held, permits=held.permits + permits, keys=held.keys | keys)
+
+    def release(self) -> bool:
+        """Confirm the held batch's decisions with WAIT and, once confirmed, write its permits; True when nothing
+        is held any more. Not confirmed in time: counted once per batch, logged (throttled), and /healthz says why;
+        the next call tries again. A Redis error leaves the permits held and is raised."""
+        held, replicas = self._held, self._replicas
+        if held is None or replicas is None:
+            return True
+        try:
+            confirmation = replicas.confirm(held.keys, [permit.marker_key for permit in held.permits])
+        except REDIS_ERRORS as exc:
+            self._set_blocked(self._reason(held, f"replicas could not be asked ({type(exc).__name__})"))
+            raise
+        acked = confirmation.acked
+        if acked < replicas.min_replicas:
+            if not held.counted:
+                self._metrics.replication_unconfirmed.inc()
+                held = self._held = replace(held, counted=True)
+            reason = self._reason(
+                held, f"{acked} of {replicas.min_replicas} replica(s) confirmed within {replicas.wait_ms} ms"
+            )
+            self._throttle.log(log, logging.WARNING, "unconfirmed", "%s", reason)
+            self._set_blocked(reason)
+            return False
+        try:
+            result = write_permits(self._client, held.permits, confirmation.values, self._consumer, self._clock())
+        except REDIS_ERRORS as exc:
+            self._set_blocked(self._reason(held, f"confirmed, but the permits could not be written ({exc})"))
+            raise
+        self._held = None
+        self._set_blocked(None)
+        self._log_written(held, result)
+        return True
+
+    def require_released(self) -> None:
+        """No batch is decided while permits wait: ``--once`` (which has no health to report through) fails, to be
+        retried by the runner, and gives up after 10 s as without Redis."""
+        if not self.release():
+            held = len(self._held.permits) if self._held is not None else 0
+            raise ReplicationUnconfirmedError(f"{held} permit(s) wait for replicas to confirm their decisions")
+
+    def stop(self) -> None:
+        """On shutdown: one last try to write held permits; else say which plan_ids' permits were not written
+        (their decisions stand; the apply layer times out on them, which SPEC §9 accepts)."""
+        if self._held is None:
+            return
+        try:
+            if self.release():
+                return
+        except REDIS_ERRORS as exc:
+            log.warning("last try to confirm held permits failed: %s: %s", type(exc).__name__, exc)
+        held = self._held
+        if held is not None:
+            log.error("stopping with %d permit(s) not written, their batch's decisions unconfirmed by replicas (the "
+                      "decisions stand; the apply layer times out on them): plan_ids %s", len(held.permits),
+                      " ".join(held.plan_ids))  # fmt: skip
+
+    def _log_written(self, held: HeldPermits, result: PermitsWritten) -> None:
+        if held.counted:
+            log.info("replicas confirmed a batch's decisions after %.1fs: %d held permit(s) written",
+                     self._monotonic() - held.since, len(result.written))  # fmt: skip
+        if result.existing:
+            self._metrics.redis_errors.inc(len(result.existing))
+            log.error("%d held permit(s) found in place already, not written: %s", len(result.existing),
+                      ", ".join(result.existing[:5]))  # fmt: skip
+        if result.expired:
+            log.warning("%d held permit(s) not written: replicas confirmed their decisions only after PERMIT_TTL_SEC "
+                        "(%ds) had run out since they were decided; the apply layer times out on them: %s",
+                        len(result.expired), self._permit_ttl_sec, ", ".join(result.expired[:5]))  # fmt: skip
+        if result.decision_lost:
+            log.warning("%d held permit(s) not written: their decision is no longer in Redis (a failover lost it "
+                        "before replicas confirmed it); a plan still pending is decided again: %s",
+                        len(result.decision_lost), ", ".join(result.decision_lost[:5]))  # fmt: skip
+
+    def _reason(self, held: HeldPermits, why: str) -> str:
+        return (f"{len(held.permits)} permit(s) held for {self._monotonic() - held.since:.1f}s until replicas "
+                f"confirm their batch's decisions; no new plan is decided meanwhile: {why}")  # fmt: skip
+
+    def _set_blocked(self, reason: str | None) -> None:
+        if self._health is not None:
+            self._health.set_blocked(reason)
